@@ -1,0 +1,24 @@
+"""Detectors: one module per method, all registered by name with the same contract."""
+
+from __future__ import annotations
+
+from stratad.detectors import patchcore  # noqa: F401  (registration)
+from stratad.detectors.base import (
+    Detector,
+    DetectorConfig,
+    Scores,
+    build_detector,
+    detector_class,
+    list_detectors,
+    register_detector,
+)
+
+__all__ = [
+    "Detector",
+    "DetectorConfig",
+    "Scores",
+    "build_detector",
+    "detector_class",
+    "list_detectors",
+    "register_detector",
+]

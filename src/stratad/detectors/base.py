@@ -1,0 +1,217 @@
+"""The detector contract, its registry and the state (de)serialisation every detector shares.
+
+A detector is configured by a dataclass (hyper-parameters only), learns state into attributes
+ending in ``_`` in :meth:`Detector.fit`, and exposes that state as a flat dict of tensors so that a
+pipeline file can hold it without pickling code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+
+from stratad.errors import DetectorError
+from stratad.features.types import FeatureBatch
+
+
+@dataclass
+class Scores:
+    """Image scores ``(N,)`` and, for detectors that localise, maps ``(N, h, w)`` at feature resolution.
+
+    ``maps`` are raw (not upsampled, not smoothed); the pipeline upsamples and smooths them.
+    """
+
+    image_scores: np.ndarray
+    maps: np.ndarray | None = None
+
+
+@dataclass
+class DetectorConfig:
+    """Base of every detector's hyper-parameter dataclass."""
+
+
+class Detector(ABC):
+    """scikit-learn style detector on a :class:`FeatureBatch`."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
+    #: whether :meth:`score` returns maps (pixel metrics are only reported when it does)
+    localizes: ClassVar[bool] = True
+    #: nodes used when the user gives none, per backbone name ("*" is the fallback)
+    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+
+    def __init__(self, config: DetectorConfig | None = None, **params: Any) -> None:
+        base = config if config is not None else self.config_class()
+        if not isinstance(base, self.config_class):
+            raise DetectorError(f"{self.name} expects a {self.config_class.__name__}, got {type(base).__name__}")
+        self.config = dataclasses.replace(base, **coerce_params(self.config_class, params)) if params else base
+        self.validate_config()
+
+    def validate_config(self) -> None:
+        """Raise :class:`DetectorError` for impossible hyper-parameters (override when needed)."""
+
+    @abstractmethod
+    def fit(self, train: FeatureBatch) -> Detector: ...
+
+    @abstractmethod
+    def score(self, test: FeatureBatch) -> Scores: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Learned state as tensors; raise :class:`DetectorError` before fit."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    # -- persistence of a bare detector (pipelines embed the same state in their own file) --
+    def save(self, path: str | Path) -> None:
+        from stratad.export.io import save_tensors
+
+        meta = {"kind": "detector", "detector": self.name, "config": config_to_dict(self.config)}
+        save_tensors(path, self.state_dict(), meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Detector:
+        from stratad.export.io import load_tensors
+
+        tensors, meta = load_tensors(path)
+        if meta.get("kind") != "detector":
+            raise DetectorError(f"{path} holds no bare detector (kind={meta.get('kind')!r})")
+        return detector_from_state(meta["detector"], meta["config"], tensors)
+
+    def _check_fitted(self, attribute: str) -> None:
+        if getattr(self, attribute, None) is None:
+            raise DetectorError(f"the {self.name} detector is not fitted yet: call fit() first")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+D = TypeVar("D", bound=type[Detector])
+_REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register_detector(cls: D) -> D:
+    """Class decorator: make a detector available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _ensure_builtin_detectors() -> None:
+    import stratad.detectors  # noqa: F401  (registers the built-in detectors on import)
+
+
+def list_detectors() -> list[str]:
+    _ensure_builtin_detectors()
+    return sorted(_REGISTRY)
+
+
+def detector_class(name: str) -> type[Detector]:
+    _ensure_builtin_detectors()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DetectorError(f"unknown detector {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def build_detector(name: str, **params: Any) -> Detector:
+    return detector_class(name)(**params)
+
+
+def detector_from_state(name: str, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> Detector:
+    cls = detector_class(name)
+    det = cls(cls.config_class(**coerce_params(cls.config_class, dict(config))))
+    det.load_state_dict(state)
+    return det
+
+
+# -- hyper-parameter coercion: CLI strings and JSON values -> typed dataclass fields --
+def config_to_dict(config: DetectorConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        out[f.name] = v.value if isinstance(v, enum.Enum) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def coerce_params(config_class: type[DetectorConfig], params: Mapping[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(config_class)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise DetectorError(
+                f"unknown option {key!r} for this detector; options: {', '.join(sorted(fields))}"
+            )
+        out[name] = _coerce(hints[name], value, name)
+    return out
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, name)
+            except DetectorError as exc:
+                errors.append(str(exc))
+        raise DetectorError(f"option {name}: cannot use {value!r}")
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = args[0] if args else str
+        return tuple(_coerce(inner, v.strip() if isinstance(v, str) else v, name) for v in items)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value.value if isinstance(value, enum.Enum) else value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in tp)
+            raise DetectorError(f"option {name}: {value!r} is not one of {choices}") from None
+    converters: dict[Any, Callable[[Any], Any]] = {int: _to_int, float: float, str: str, bool: _to_bool}
+    if tp in converters:
+        try:
+            return converters[tp](value)
+        except (TypeError, ValueError):
+            raise DetectorError(f"option {name}: {value!r} is not a valid {tp.__name__}") from None
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def dumps_config(config: DetectorConfig) -> str:
+    return json.dumps(config_to_dict(config), sort_keys=True)

@@ -1,0 +1,126 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Locally aware patch features of one or more nodes, a greedy coreset of the training patches as a
+memory bank, nearest-neighbour distance as the patch score, image score = max patch score
+(optionally the paper's reweighting, eq. 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
+from stratad.detectors.coreset import coreset_count, greedy_coreset
+from stratad.detectors.knn import IndexKind, NearestNeighbours
+from stratad.errors import DetectorError
+from stratad.features.patch import flatten_patches, patch_embedding
+from stratad.features.types import FeatureBatch
+
+
+@dataclass
+class PatchCoreConfig(DetectorConfig):
+    #: memory bank size as a fixed count (1000 in the feature-selection papers) ...
+    coreset_size: int = 1000
+    #: ... or as a fraction of all training patches (the PatchCore paper's 1% / 10%); overrides size
+    coreset_fraction: float | None = None
+    #: random projection used only while choosing the coreset
+    projection_dim: int = 128
+    #: local neighbourhood aggregated around each patch
+    patch_size: int = 3
+    #: per-node channel pooling ("pretrain embed dimension"); 0 keeps every channel
+    node_dim: int = 1024
+    #: channel pooling of the concatenated nodes ("target embed dimension"); 0 keeps every channel
+    target_dim: int = 1024
+    #: the paper's image-score reweighting with this many bank neighbours (0 = plain max)
+    reweight_neighbours: int = 0
+    index: IndexKind = IndexKind.exact
+    seed: int = 0
+
+
+@register_detector
+class PatchCore(Detector):
+    name = "patchcore"
+    config_class = PatchCoreConfig
+    localizes = True
+    default_nodes = {"efficientnet_lite0": ("blocks.2", "blocks.3"), "*": ("layer2", "layer3")}
+
+    config: PatchCoreConfig
+
+    def __init__(self, config: PatchCoreConfig | None = None, **params: object) -> None:
+        super().__init__(config, **params)
+        self.memory_bank_: torch.Tensor | None = None
+        self._nn: NearestNeighbours | None = None
+
+    def validate_config(self) -> None:
+        c = self.config
+        coreset_count(10**9, c.coreset_size, c.coreset_fraction)
+        if c.patch_size < 1 or c.patch_size % 2 == 0:
+            raise DetectorError(f"patch_size must be an odd positive number, got {c.patch_size}")
+        if c.reweight_neighbours < 0:
+            raise DetectorError("reweight_neighbours must be >= 0")
+
+    def embed(self, batch: FeatureBatch) -> torch.Tensor:
+        c = self.config
+        return patch_embedding(batch.features, batch.nodes, c.patch_size, c.node_dim, c.target_dim)
+
+    def fit(self, train: FeatureBatch) -> PatchCore:
+        if len(train) == 0:
+            raise DetectorError("PatchCore needs at least one training image")
+        patches = flatten_patches(self.embed(train))
+        c = self.config
+        count = coreset_count(patches.shape[0], c.coreset_size, c.coreset_fraction)
+        keep = greedy_coreset(patches, count, c.projection_dim, c.seed)
+        self.memory_bank_ = patches[keep].contiguous()
+        self._nn = None
+        return self
+
+    def _index(self) -> NearestNeighbours:
+        self._check_fitted("memory_bank_")
+        if self._nn is None:
+            assert self.memory_bank_ is not None
+            self._nn = NearestNeighbours(self.config.index).fit(self.memory_bank_)
+        return self._nn
+
+    def score(self, test: FeatureBatch) -> Scores:
+        index = self._index()
+        emb = self.embed(test)
+        n, _, h, w = emb.shape
+        queries = flatten_patches(emb)
+        dists, nn_idx = index.search(queries, k=1)
+        maps = dists[:, 0].reshape(n, h, w)
+        flat = maps.reshape(n, -1)
+        best = flat.argmax(axis=1)
+        image_scores = flat[np.arange(n), best].astype(np.float32)
+        if self.config.reweight_neighbours > 0:
+            image_scores = self._reweight(queries, nn_idx[:, 0], best + np.arange(n) * h * w, image_scores)
+        return Scores(image_scores, maps.astype(np.float32))
+
+    def _reweight(
+        self, queries: torch.Tensor, nn_idx: np.ndarray, rows: np.ndarray, scores: np.ndarray
+    ) -> np.ndarray:
+        # Eq. 7: damp the max score when the matched bank patch lies in a dense bank region, i.e.
+        # when the test patch is almost as close to the matched patch's own neighbours.
+        assert self.memory_bank_ is not None
+        bank = self.memory_bank_
+        index = self._index()
+        anchor = bank[torch.as_tensor(nn_idx[rows])]
+        _, neigh = index.search(anchor, k=self.config.reweight_neighbours)
+        test_patch = queries[torch.as_tensor(rows)]
+        d = torch.linalg.vector_norm(bank[torch.as_tensor(neigh)] - test_patch[:, None, :], dim=-1)
+        weight = 1.0 - torch.softmax(d, dim=1)[:, 0]
+        return (weight.numpy() * scores).astype(np.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._check_fitted("memory_bank_")
+        assert self.memory_bank_ is not None
+        return {"memory_bank": self.memory_bank_}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        if "memory_bank" not in state:
+            raise DetectorError("PatchCore state has no memory_bank")
+        self.memory_bank_ = state["memory_bank"].float().contiguous()
+        self._nn = None

@@ -1,0 +1,85 @@
+"""Patch-embedding helpers: local neighbourhood aggregation, resizing to a common grid, channel pooling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from stratad.errors import DetectorError
+
+
+def spatial(node: str, features: torch.Tensor) -> torch.Tensor:
+    """Return ``features`` if it is (N, C, h, w), else a clear error (pooled nodes have no map)."""
+    if features.ndim != 4:
+        raise DetectorError(
+            f"node {node!r} has no spatial map (shape {tuple(features.shape)}); pick a convolutional node"
+        )
+    return features
+
+
+def local_aggregate(x: torch.Tensor, patch_size: int = 3) -> torch.Tensor:
+    """Average every position with its ``patch_size`` x ``patch_size`` neighbourhood (PatchCore, eq. 2).
+
+    Zero padding as in the official code's unfold, so border patches see the same number of taps.
+    """
+    if patch_size <= 1:
+        return x
+    return F.avg_pool2d(x, patch_size, stride=1, padding=patch_size // 2, count_include_pad=True)
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def channel_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Adaptive average pooling over channels of (N, C, h, w) down to ``dim`` (never up)."""
+    n, c, h, w = x.shape
+    if dim <= 0 or c <= dim:
+        return x
+    flat = x.permute(0, 2, 3, 1).reshape(-1, 1, c)
+    pooled = F.adaptive_avg_pool1d(flat, dim)
+    return pooled.reshape(n, h, w, dim).permute(0, 3, 1, 2)
+
+
+def patch_embedding(
+    features: Mapping[str, torch.Tensor],
+    nodes: Sequence[str],
+    patch_size: int = 3,
+    node_dim: int = 0,
+    target_dim: int = 0,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """PatchCore's locally aware patch features, (N, D, h, w) on the grid of the first node.
+
+    Each node is aggregated over its 3x3 neighbourhood, resized to the first node's grid, pooled to
+    ``node_dim`` channels, concatenated, and the result pooled to ``target_dim`` (0 keeps all).
+    Processed in image batches to bound memory on large training sets.
+    """
+    if not nodes:
+        raise DetectorError("no feature nodes given")
+    first = spatial(nodes[0], features[nodes[0]])
+    grid = (int(first.shape[-2]), int(first.shape[-1]))
+    out = []
+    for start in range(0, first.shape[0], batch_size):
+        parts = []
+        for node in nodes:
+            x = spatial(node, features[node])[start : start + batch_size].float()
+            x = resize_to(local_aggregate(x, patch_size), grid)
+            parts.append(channel_pool(x, node_dim))
+        joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        out.append(channel_pool(joined, target_dim))
+    return torch.cat(out)
+
+
+def flatten_patches(x: torch.Tensor) -> torch.Tensor:
+    """(N, D, h, w) -> (N * h * w, D), rows in image-major, row-major order."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).contiguous()
+
+
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of (N, C, h, w) -> (N, C); pooled nodes pass through."""
+    return x.mean(dim=(2, 3)) if x.ndim == 4 else x.reshape(x.shape[0], -1)

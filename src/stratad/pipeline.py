@@ -1,0 +1,245 @@
+"""Pipeline: backbone nodes -> detector -> full-resolution, smoothed anomaly maps.
+
+This is what users fit, save, load and evaluate. Extraction runs every requested node in ONE
+forward pass per batch; prediction streams batch by batch so memory stays flat on large folders.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from stratad.data.datasets import ImageRecord
+from stratad.data.io import load_image
+from stratad.detectors.base import Detector, build_detector, config_to_dict, detector_class, detector_from_state
+from stratad.errors import ModelFileError, StratadError
+from stratad.export.io import load_tensors, save_tensors
+from stratad.features.types import FeatureBatch
+
+PathLike = str | Path
+ImageSource = PathLike | ImageRecord
+
+
+@dataclass
+class PipelineConfig:
+    backbone: str = "efficientnet_lite0"
+    nodes: list[str] = field(default_factory=list)
+    detector: str = "patchcore"
+    detector_params: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 256
+    weights: str = "imagenet"
+    seed: int = 0
+    #: Gaussian smoothing of the upsampled map, in input pixels (PatchCore's sigma = 4)
+    smoothing_sigma: float = 4.0
+    batch_size: int = 16
+    device: str = "cpu"
+
+
+@dataclass
+class Prediction:
+    """Scores of N images; ``maps`` (N, S, S) at the network input size, or None for image-level detectors."""
+
+    paths: list[Path]
+    image_scores: np.ndarray
+    maps: np.ndarray | None
+    original_sizes: list[tuple[int, int]]
+
+    def map_at_original_size(self, i: int) -> np.ndarray:
+        if self.maps is None:
+            raise StratadError("this detector gives image scores only, no anomaly map")
+        height, width = self.original_sizes[i]
+        return resize_map(self.maps[i], (height, width))
+
+
+def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of one (h, w) map to (height, width)."""
+    if anomaly_map.shape == tuple(size):
+        return anomaly_map
+    t = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _path_of(item: ImageSource) -> Path:
+    return item.path if isinstance(item, ImageRecord) else Path(item)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        nodes: Sequence[str] | str | None = None,
+        detector: str = "patchcore",
+        image_size: int = 256,
+        weights: str = "imagenet",
+        detector_params: dict[str, Any] | None = None,
+        seed: int = 0,
+        smoothing_sigma: float = 4.0,
+        batch_size: int = 16,
+        device: str = "cpu",
+    ) -> None:
+        if image_size < 32:
+            raise StratadError(f"image size must be at least 32 pixels, got {image_size}")
+        if batch_size < 1:
+            raise StratadError(f"batch size must be at least 1, got {batch_size}")
+        requested = [nodes] if isinstance(nodes, str) else list(nodes or [])
+        self.config = PipelineConfig(
+            backbone, requested, detector, dict(detector_params or {}), image_size, weights, seed,
+            smoothing_sigma, batch_size, device,
+        )
+        # Validate the detector name and options now, before any expensive work.
+        self.detector: Detector = build_detector(detector, **self.config.detector_params)
+        if "seed" in {f for f in self.detector.config.__dataclass_fields__} and "seed" not in self.config.detector_params:
+            self.detector = build_detector(detector, **{**self.config.detector_params, "seed": seed})
+        self._extractor: Any = None
+        self._backbone: Any = None
+        self.fitted_ = False
+        self.timings_: dict[str, float] = {}
+
+    # -- backbone and nodes --
+    @property
+    def backbone(self) -> Any:
+        if self._backbone is None:
+            from stratad.backbones import build_backbone
+
+            self._backbone = build_backbone(self.config.backbone, weights=self.config.weights, seed=self.config.seed)
+        return self._backbone
+
+    @property
+    def nodes(self) -> list[str]:
+        if not self.config.nodes:
+            defaults = detector_class(self.config.detector).default_nodes
+            chosen = defaults.get(self.config.backbone) or defaults.get("*")
+            if not chosen:
+                raise StratadError(f"the {self.config.detector} detector has no default nodes; pass --nodes")
+            self.config.nodes = list(chosen)
+        return self.config.nodes
+
+    def _resolve(self) -> None:
+        from stratad.backbones import resolve_nodes
+
+        self.config.nodes = resolve_nodes(self.backbone, self.nodes)
+
+    @property
+    def extractor(self) -> Any:
+        if self._extractor is None:
+            from stratad.backbones import NodeExtractor
+
+            self._resolve()
+            self._extractor = NodeExtractor(self.backbone, self.config.nodes, device=self.config.device)
+        return self._extractor
+
+    # -- feature extraction --
+    def _batches(self, items: Sequence[ImageSource]) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
+        size = self.config.image_size
+        for start in range(0, len(items), self.config.batch_size):
+            chunk = items[start : start + self.config.batch_size]
+            loaded = [load_image(_path_of(it), size) for it in chunk]
+            yield torch.stack([t for t, _ in loaded]), [hw for _, hw in loaded]
+
+    def iter_features(
+        self, items: Sequence[ImageSource], progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[FeatureBatch, list[tuple[int, int]]]]:
+        extractor = self.extractor
+        size = (self.config.image_size, self.config.image_size)
+        for images, sizes in self._batches(items):
+            feats = extractor(images)
+            yield FeatureBatch({n: feats[n] for n in self.config.nodes}, size), sizes
+            if progress is not None:
+                progress(len(sizes))
+
+    def extract(self, items: Sequence[ImageSource], progress: Callable[[int], None] | None = None) -> FeatureBatch:
+        if not items:
+            raise StratadError("no images to extract features from")
+        return FeatureBatch.concat([fb for fb, _ in self.iter_features(items, progress)])
+
+    # -- fit / predict --
+    def fit(self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None) -> Pipeline:
+        if not images:
+            raise StratadError("no training images")
+        t0 = time.perf_counter()
+        train = self.extract(images, progress)
+        t1 = time.perf_counter()
+        self.fit_features(train)
+        self.timings_ = {"extract_s": t1 - t0, "detector_fit_s": time.perf_counter() - t1}
+        return self
+
+    def fit_features(self, train: FeatureBatch) -> Pipeline:
+        self.detector.fit(train)
+        self.fitted_ = True
+        return self
+
+    def predict(self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None) -> Prediction:
+        if not self.fitted_:
+            raise StratadError("the pipeline is not fitted: call fit() or load a saved model first")
+        if not images:
+            raise StratadError("no images to predict")
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        sizes: list[tuple[int, int]] = []
+        for batch, batch_sizes in self.iter_features(images, progress):
+            out = self.detector.score(batch)
+            scores.append(out.image_scores)
+            if out.maps is not None:
+                maps.append(self.postprocess_maps(out.maps))
+            sizes.extend(batch_sizes)
+        return Prediction(
+            [_path_of(i) for i in images],
+            np.concatenate(scores).astype(np.float32),
+            np.concatenate(maps) if maps else None,
+            sizes,
+        )
+
+    def postprocess_maps(self, maps: np.ndarray) -> np.ndarray:
+        """Bilinear upsampling to the input size, then Gaussian smoothing (PatchCore's sigma = 4)."""
+        s = self.config.image_size
+        t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+        up = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False)[:, 0].numpy()
+        if self.config.smoothing_sigma > 0:
+            for i in range(up.shape[0]):
+                up[i] = gaussian_filter(up[i], sigma=self.config.smoothing_sigma)
+        return up
+
+    # -- persistence --
+    def save(self, path: PathLike) -> None:
+        if not self.fitted_:
+            raise StratadError("refusing to save an unfitted pipeline")
+        config = asdict(self.config)
+        config["detector_params"] = config_to_dict(self.detector.config)
+        state = {f"detector.{k}": v for k, v in self.detector.state_dict().items()}
+        save_tensors(path, state, {"kind": "pipeline", "config": config})
+
+    @classmethod
+    def load(cls, path: PathLike, device: str | None = None) -> Pipeline:
+        tensors, meta = load_tensors(path)
+        if meta.get("kind") != "pipeline":
+            raise ModelFileError(f"{path} holds no stratad pipeline (kind={meta.get('kind')!r})")
+        cfg = PipelineConfig(**meta["config"])
+        if device is not None:
+            cfg.device = device
+        pipe = cls.__new__(cls)
+        pipe.config = cfg
+        state = {k.removeprefix("detector."): v for k, v in tensors.items() if k.startswith("detector.")}
+        pipe.detector = detector_from_state(cfg.detector, cfg.detector_params, state)
+        pipe._extractor = None
+        pipe._backbone = None
+        pipe.fitted_ = True
+        pipe.timings_ = {}
+        return pipe
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backbone": self.config.backbone,
+            "weights": self.config.weights,
+            "nodes": list(self.config.nodes),
+            "detector": self.config.detector,
+            "detector_params": config_to_dict(self.detector.config),
+            "image_size": self.config.image_size,
+        }

@@ -1,0 +1,1 @@
+"""Heatmap overlays, plots and reports."""
