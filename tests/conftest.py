@@ -13,13 +13,15 @@ SHARED_MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     # Smooth stripes + mild noise: a "product" whose normal appearance is easy to learn.
-    yy, xx = np.mgrid[0:size, 0:size]
+    _, xx = np.mgrid[0:size, 0:size]
     phase = rng.uniform(0, 2 * np.pi)
     base = 128 + 60 * np.sin(xx / 3.0 + phase) + rng.normal(0, 6, (size, size))
     return np.clip(np.stack([base] * 3, -1), 0, 255).astype(np.uint8)
 
 
-def make_mvtec(root: Path, n_train: int = 8, n_good: int = 4, n_bad: int = 4, size: int = 64, seed: int = 0) -> Path:
+def make_mvtec(
+    root: Path, n_train: int = 8, n_good: int = 4, n_bad: int = 4, size: int = 64, seed: int = 0
+) -> Path:
     """A tiny MVTec-AD category: defects are bright squares with exact masks."""
     rng = np.random.default_rng(seed)
     cat = root / "widget"

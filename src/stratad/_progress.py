@@ -6,9 +6,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
@@ -27,3 +34,22 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def count_progress(description: str, enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """Yield ``update(label, done, total)`` for work whose total is only known once it starts."""
+    if not enabled:
+        yield lambda label, done, total: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[label]}"),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(description, total=None, label="")
+        yield lambda label, done, total: bar.update(task, completed=done, total=total, label=label)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from stratad._progress import console, progress_bar
+from stratad._progress import console, count_progress, progress_bar
 from stratad.errors import StratadError
 
 app = typer.Typer(
@@ -24,16 +24,25 @@ app = typer.Typer(
     help="Unsupervised visual anomaly detection and localization on pretrained deep features.",
 )
 
-DataOpt = Annotated[Path, typer.Option("--data", help="dataset folder (MVTec AD, plain good/ folder, or MTD)")]
+DataOpt = Annotated[
+    Path, typer.Option("--data", help="dataset folder (MVTec AD, plain good/ folder, or MTD)")
+]
 KindOpt = Annotated[str, typer.Option("--dataset", help="layout: auto, mvtec, folder, mtd")]
-CategoryOpt = Annotated[str | None, typer.Option("--category", help="MVTec AD category when the folder holds several")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the train/test split and of every random choice")]
+CategoryOpt = Annotated[
+    str | None, typer.Option("--category", help="MVTec AD category when the folder holds several")
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="seed of the train/test split and of every random choice")
+]
 FractionOpt = Annotated[
-    float | None, typer.Option("--train-fraction", help="fraction of good images used for training (MTD: 0.6)")
+    float | None,
+    typer.Option("--train-fraction", help="fraction of good images used for training (MTD: 0.6)"),
 ]
 ParamOpt = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="detector option as key=value, repeatable (e.g. -p coreset_size=1000)"),
+    typer.Option(
+        "--param", "-p", help="detector option as key=value, repeatable (e.g. -p coreset_size=1000)"
+    ),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
 
@@ -54,13 +63,17 @@ def parse_nodes(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _load_split(data: Path, dataset: str, category: str | None, seed: int, train_fraction: float | None) -> Any:
+def _load_split(
+    data: Path, dataset: str, category: str | None, seed: int, train_fraction: float | None
+) -> Any:
     from stratad.data import load_dataset
 
     try:
         return load_dataset(data, dataset, category, seed, train_fraction)
     except ValueError as exc:  # an unknown --dataset value
-        raise StratadError(f"unknown dataset layout {dataset!r}: use auto, mvtec, folder or mtd ({exc})") from None
+        raise StratadError(
+            f"unknown dataset layout {dataset!r}: use auto, mvtec, folder or mtd ({exc})"
+        ) from None
 
 
 @app.command()
@@ -69,10 +82,13 @@ def fit(
     out: Annotated[Path, typer.Option("--out", help="model file to write (written atomically)")],
     dataset: KindOpt = "auto",
     category: CategoryOpt = None,
-    backbone: Annotated[str, typer.Option(help="backbone name (see `stratad backbones`)")] = "efficientnet_lite0",
+    backbone: Annotated[
+        str, typer.Option(help="backbone name (see `stratad backbones`)")
+    ] = "efficientnet_lite0",
     weights: Annotated[str, typer.Option(help="imagenet, random, or a path to a weights file")] = "imagenet",
     nodes: Annotated[
-        str | None, typer.Option(help="comma-separated graph nodes (see `stratad nodes`); default per detector")
+        str | None,
+        typer.Option(help="comma-separated graph nodes (see `stratad nodes`); default per detector"),
     ] = None,
     detector: Annotated[str, typer.Option(help="detector name (see `stratad detectors`)")] = "patchcore",
     param: ParamOpt = None,
@@ -88,10 +104,20 @@ def fit(
 
     split = _load_split(data, dataset, category, seed, train_fraction)
     pipe = Pipeline(
-        backbone, parse_nodes(nodes), detector, image_size, weights, parse_params(param), seed,
-        batch_size=batch_size, device=device,
+        backbone,
+        parse_nodes(nodes),
+        detector,
+        image_size,
+        weights,
+        parse_params(param),
+        seed,
+        batch_size=batch_size,
+        device=device,
     )
-    console.print(f"{split.describe()}; backbone {backbone}, detector {detector}")
+    pipe.prepare()
+    console.print(
+        f"{split.describe()}; backbone {backbone}, nodes {', '.join(pipe.config.nodes)}, detector {detector}"
+    )
     with progress_bar("extracting features", len(split.train), progress) as advance:
         pipe.fit(split.train, advance)
     pipe.save(out)
@@ -129,7 +155,9 @@ def predict(
         for i, path in enumerate(pred.paths):
             full = pred.map_at_original_size(i)
             np.save(out / f"{path.stem}.npy", full.astype(np.float32))
-            write_png(str(out / f"{path.stem}_overlay.png"), heatmap_overlay(read_image_rgb(path), full, vmin, vmax))
+            write_png(
+                str(out / f"{path.stem}_overlay.png"), heatmap_overlay(read_image_rgb(path), full, vmin, vmax)
+            )
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as handle:
@@ -150,7 +178,9 @@ def evaluate(
     category: CategoryOpt = None,
     seed: SeedOpt = 0,
     train_fraction: FractionOpt = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics to this JSON file")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the metrics to this JSON file")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: as fitted)")] = None,
     progress: ProgressOpt = True,
 ) -> None:
@@ -225,8 +255,299 @@ def detectors() -> None:
 
     for name in list_detectors():
         cls = detector_class(name)
-        opts = ", ".join(f"{f.name}={getattr(cls.config_class(), f.name)!r}" for f in dataclasses.fields(cls.config_class))
+        opts = ", ".join(
+            f"{f.name}={getattr(cls.config_class(), f.name)!r}" for f in dataclasses.fields(cls.config_class)
+        )
         print(f"{name}: {opts}")
+
+
+def _sweep_config(
+    backbone: str,
+    weights: str,
+    nodes: str,
+    detector: str,
+    param: list[str] | None,
+    image_size: int,
+    batch_size: int,
+    max_grid: int,
+    memory_mb: int,
+    workers: int,
+    seed: int,
+    device: str,
+) -> Any:
+    from stratad.selection import SweepConfig
+
+    build_check = parse_params(param)
+    from stratad.detectors import build_detector
+
+    build_detector(detector, **build_check)  # fail fast on a bad detector or option
+    return SweepConfig(
+        backbone=backbone,
+        weights=weights,
+        nodes=parse_nodes(nodes) or ["all"],
+        detector=detector,
+        detector_params=build_check,
+        image_size=image_size,
+        batch_size=batch_size,
+        max_grid=max_grid,
+        memory_budget_mb=memory_mb,
+        workers=workers,
+        seed=seed,
+        device=device,
+    )
+
+
+def _rf_for(cfg: Any, enabled: bool) -> dict[str, float] | None:
+    if not enabled:
+        return None
+    from stratad.backbones import build_backbone, relative_receptive_field
+
+    with console.status("estimating effective receptive fields"):
+        return relative_receptive_field(
+            build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed),
+            cfg.nodes,
+            image_size=cfg.image_size,
+        )
+
+
+BackboneOpt = Annotated[str, typer.Option(help="backbone name (see `stratad backbones`)")]
+WeightsOpt = Annotated[str, typer.Option(help="imagenet, random, or a path to a weights file")]
+NodesAllOpt = Annotated[str, typer.Option(help="'all', a comma list, or glob patterns such as 'blocks.*'")]
+MaxGridOpt = Annotated[int, typer.Option(help="average-pool larger node maps to this grid while sweeping")]
+MemoryOpt = Annotated[int, typer.Option("--memory-mb", help="RAM budget for cached node features (MB)")]
+WorkersOpt = Annotated[int, typer.Option(help="parallel processes for per-node fitting")]
+RfOpt = Annotated[bool, typer.Option("--rf/--no-rf", help="add each node's relative receptive field")]
+
+
+@app.command()
+def select(
+    data: DataOpt,
+    out: Annotated[
+        Path, typer.Option("--out", help="output folder: nodes.csv, selected.json, model.stratad")
+    ],
+    dataset: KindOpt = "auto",
+    category: CategoryOpt = None,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: WeightsOpt = "imagenet",
+    nodes: NodesAllOpt = "all",
+    detector: Annotated[str, typer.Option(help="detector name")] = "patchcore",
+    param: ParamOpt = None,
+    defects: Annotated[str, typer.Option(help="synthetic defects: simple, cutpaste, nsa")] = "nsa",
+    criterion: Annotated[
+        str, typer.Option(help="p_h (harmonic mean of image AUROC and AU-PRO) or p_cls")
+    ] = "p_h",
+    top_k: Annotated[int, typer.Option(help="how many top nodes to print")] = 5,
+    fit_final: Annotated[
+        bool, typer.Option("--fit-final/--no-fit-final", help="fit the chosen node on all training images")
+    ] = True,
+    image_size: Annotated[int, typer.Option(help="square network input size")] = 256,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
+    max_grid: MaxGridOpt = 32,
+    memory_mb: MemoryOpt = 3000,
+    workers: WorkersOpt = 1,
+    rf: RfOpt = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    seed: SeedOpt = 0,
+    train_fraction: FractionOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Pick the best node for this application from synthetic defects (no real defect needed)."""
+    from stratad.pipeline import Pipeline
+    from stratad.selection import Criterion, select_features
+    from stratad.synth import list_defect_kinds
+
+    if defects not in list_defect_kinds():
+        raise StratadError(f"unknown defect kind {defects!r}; available: {', '.join(list_defect_kinds())}")
+    if criterion not in [c.value for c in Criterion]:
+        raise StratadError(f"unknown criterion {criterion!r}; use p_h or p_cls")
+    split = _load_split(data, dataset, category, seed, train_fraction)
+    cfg = _sweep_config(
+        backbone,
+        weights,
+        nodes,
+        detector,
+        param,
+        image_size,
+        batch_size,
+        max_grid,
+        memory_mb,
+        workers,
+        seed,
+        device,
+    )
+    relative_rf = _rf_for(cfg, rf)
+    with count_progress("scoring nodes", progress) as update:
+        result = select_features(
+            split.train, cfg, out, defects, criterion, top_k, progress=update, relative_rf=relative_rf
+        )
+    table = Table(title=f"top {top_k} nodes by synthetic {result.criterion} ({defects})")
+    for col in ("node", "relative_rf", "image_auroc", "aupro_30", "p_h"):
+        table.add_column(col)
+    for row in result.top:
+        table.add_row(
+            *(str(row.get(c, "")) for c in ("node", "relative_rf", "image_auroc", "aupro_30", "p_h"))
+        )
+    console.print(table)
+    console.print(
+        f"selected {result.node} ({result.criterion} = {result.value:.4f}) -> {out / 'selected.json'}"
+    )
+    if fit_final:
+        pipe = Pipeline(
+            backbone,
+            [result.node],
+            detector,
+            image_size,
+            weights,
+            parse_params(param),
+            seed,
+            batch_size=batch_size,
+            device=device,
+        )
+        with progress_bar("final fit", len(split.train), progress) as advance2:
+            pipe.fit(split.train, advance2)
+        pipe.save(out / "model.stratad")
+        console.print(f"final model on all {len(split.train)} training images -> {out / 'model.stratad'}")
+
+
+@app.command()
+def sweep(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="output folder: nodes.csv (resumable)")],
+    dataset: KindOpt = "auto",
+    category: CategoryOpt = None,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: WeightsOpt = "imagenet",
+    nodes: NodesAllOpt = "all",
+    detector: Annotated[str, typer.Option(help="detector name")] = "patchcore",
+    param: ParamOpt = None,
+    image_size: Annotated[int, typer.Option(help="square network input size")] = 256,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
+    max_grid: MaxGridOpt = 32,
+    memory_mb: MemoryOpt = 3000,
+    workers: WorkersOpt = 1,
+    rf: RfOpt = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    seed: SeedOpt = 0,
+    train_fraction: FractionOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Analysis: fit on the training split and evaluate EVERY node on the real test split.
+
+    Pixel metrics use masks resized to the network input size (not the official original
+    resolution) to keep hundreds of nodes affordable; `stratad evaluate` gives official numbers.
+    """
+    from stratad.selection import EvalSet, run_sweep
+    from stratad.selection.sweep import load_uint8_images
+    from stratad.selection.validation import resized_mask
+
+    split = _load_split(data, dataset, category, seed, train_fraction)
+    if not split.test:
+        raise StratadError(f"{data} has no test images to sweep on")
+    cfg = _sweep_config(
+        backbone,
+        weights,
+        nodes,
+        detector,
+        param,
+        image_size,
+        batch_size,
+        max_grid,
+        memory_mb,
+        workers,
+        seed,
+        device,
+    )
+    relative_rf = _rf_for(cfg, rf)
+    with progress_bar("loading images", len(split.train) + len(split.test), progress) as advance:
+        train_images = load_uint8_images(split.train, image_size, advance)
+        test_images = load_uint8_images(split.test, image_size, advance)
+    import numpy as np
+
+    labels = np.array([r.label for r in split.test])
+    masks = [resized_mask(r, image_size) for r in split.test]
+    with count_progress("scoring nodes", progress) as update:
+        rows = run_sweep(cfg, train_images, EvalSet(test_images, labels, masks), out, update, relative_rf)
+    best = max(rows, key=lambda r: float(r["p_h"] or r["image_auroc"] or 0))
+    console.print(f"{len(rows)} nodes -> {out / 'nodes.csv'}; best {best['node']} (p_h {best['p_h']})")
+
+
+@app.command()
+def synth(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="folder for images/ and masks/")],
+    kind: Annotated[str, typer.Option(help="simple, cutpaste or nsa")] = "nsa",
+    n: Annotated[int, typer.Option(help="number of defective images")] = 20,
+    dataset: KindOpt = "auto",
+    category: CategoryOpt = None,
+    image_size: Annotated[int, typer.Option(help="size the good images are resized to first")] = 256,
+    seed: SeedOpt = 0,
+) -> None:
+    """Write synthetic defects made from the good training images, with their exact masks."""
+    import numpy as np
+
+    from stratad.report.overlay import write_png
+    from stratad.selection.validation import resized_rgb
+    from stratad.synth import build_defect
+
+    if n < 1:
+        raise StratadError("--n must be at least 1")
+    split = _load_split(data, dataset, category, seed, None)
+    generator = build_defect(kind)
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        t = int(rng.integers(len(split.train)))
+        s = int(rng.integers(len(split.train)))
+        made = generator(
+            resized_rgb(split.train[t], image_size), resized_rgb(split.train[s], image_size), rng
+        )
+        write_png(str(out / "images" / f"{kind}_{i:04d}.png"), made.image)
+        write_png(
+            str(out / "masks" / f"{kind}_{i:04d}.png"),
+            np.repeat(made.mask[..., None] * 255, 3, -1).astype(np.uint8),
+        )
+    console.print(f"{n} {kind} defects -> {out}")
+
+
+@app.command(name="rf")
+def receptive_field(
+    backbone: Annotated[str, typer.Option(help="backbone name")] = "efficientnet_lite0",
+    size: Annotated[int, typer.Option("--size", help="input size in pixels")] = 256,
+    nodes: NodesAllOpt = "all",
+    weights: WeightsOpt = "imagenet",
+    plot: Annotated[Path | None, typer.Option(help="write a PNG plot of relative RF per node")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="write node,relative_rf to this CSV")] = None,
+) -> None:
+    """Effective (gradient-based) relative receptive field of every node."""
+    from stratad.backbones import build_backbone, relative_receptive_field
+
+    model = build_backbone(backbone, weights=weights)
+    with console.status("backpropagating from every node"):
+        rrf = relative_receptive_field(model, parse_nodes(nodes) or ["all"], image_size=size)
+    table = Table(title=f"{backbone} at {size} px: relative effective receptive field")
+    table.add_column("node")
+    table.add_column("relative RF", justify="right")
+    for name, value in rrf.items():
+        table.add_row(name, f"{value:.3f}")
+    console.print(table)
+    if csv_out is not None:
+        lines = ["node,relative_rf"] + [f"{k},{v:.6f}" for k, v in rrf.items()]
+        csv_out.write_text("\n".join(lines) + "\n")
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.08 * len(rrf)), 4))
+        ax.plot(range(len(rrf)), list(rrf.values()), marker=".")
+        ax.set_xlabel("node (graph order)")
+        ax.set_ylabel("relative receptive field")
+        ax.set_title(f"{backbone} at {size} px")
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+        plt.close(fig)
 
 
 @app.command()
@@ -234,7 +555,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("demo_out"),
     progress: ProgressOpt = True,
 ) -> None:
-    """Offline demo: EfficientNet-Lite0 (ImageNet) + PatchCore on scikit-image textures with pasted defects."""
+    """Offline demo: EfficientNet-Lite0 (ImageNet) + PatchCore on scikit-image textures, pasted defects."""
     from stratad.demo import run_demo
 
     results = run_demo(out, progress=progress)
@@ -251,10 +572,17 @@ def main() -> None:
     try:
         app()
     except StratadError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # Plain print: rich would wrap a long path onto a second line.
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # disk full, permission denied, ...: still one line, no traceback
+        print(
+            f"error: {exc.strerror or exc} ({exc.filename})" if exc.filename else f"error: {exc}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
-        console.print("interrupted")
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 

@@ -58,7 +58,9 @@ def write_demo_dataset(root: Path, texture: str, n_train: int = 40, n_test: int 
     return base
 
 
-def run_demo(out: Path, progress: bool = True, image_size: int = 256, seed: int = 0) -> dict[str, dict[str, Any]]:
+def run_demo(
+    out: Path, progress: bool = True, image_size: int = 256, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     from stratad._progress import progress_bar
     from stratad.data import load_dataset, read_image_rgb
     from stratad.evaluation import evaluate_pipeline

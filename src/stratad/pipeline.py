@@ -19,7 +19,13 @@ from scipy.ndimage import gaussian_filter
 
 from stratad.data.datasets import ImageRecord
 from stratad.data.io import load_image
-from stratad.detectors.base import Detector, build_detector, config_to_dict, detector_class, detector_from_state
+from stratad.detectors.base import (
+    Detector,
+    build_detector,
+    config_to_dict,
+    detector_class,
+    detector_from_state,
+)
 from stratad.errors import ModelFileError, StratadError
 from stratad.export.io import load_tensors, save_tensors
 from stratad.features.types import FeatureBatch
@@ -67,6 +73,19 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def postprocess_maps(maps: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """Bilinear upsampling of (N, h, w) maps to the input size, then Gaussian smoothing.
+
+    PatchCore's official code uses sigma = 4 (in input pixels).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    if sigma > 0:
+        for i in range(up.shape[0]):
+            up[i] = gaussian_filter(up[i], sigma=sigma)
+    return up
+
+
 def _path_of(item: ImageSource) -> Path:
     return item.path if isinstance(item, ImageRecord) else Path(item)
 
@@ -91,12 +110,23 @@ class Pipeline:
             raise StratadError(f"batch size must be at least 1, got {batch_size}")
         requested = [nodes] if isinstance(nodes, str) else list(nodes or [])
         self.config = PipelineConfig(
-            backbone, requested, detector, dict(detector_params or {}), image_size, weights, seed,
-            smoothing_sigma, batch_size, device,
+            backbone,
+            requested,
+            detector,
+            dict(detector_params or {}),
+            image_size,
+            weights,
+            seed,
+            smoothing_sigma,
+            batch_size,
+            device,
         )
         # Validate the detector name and options now, before any expensive work.
         self.detector: Detector = build_detector(detector, **self.config.detector_params)
-        if "seed" in {f for f in self.detector.config.__dataclass_fields__} and "seed" not in self.config.detector_params:
+        if (
+            "seed" in {f for f in self.detector.config.__dataclass_fields__}
+            and "seed" not in self.config.detector_params
+        ):
             self.detector = build_detector(detector, **{**self.config.detector_params, "seed": seed})
         self._extractor: Any = None
         self._backbone: Any = None
@@ -109,7 +139,9 @@ class Pipeline:
         if self._backbone is None:
             from stratad.backbones import build_backbone
 
-            self._backbone = build_backbone(self.config.backbone, weights=self.config.weights, seed=self.config.seed)
+            self._backbone = build_backbone(
+                self.config.backbone, weights=self.config.weights, seed=self.config.seed
+            )
         return self._backbone
 
     @property
@@ -126,6 +158,11 @@ class Pipeline:
         from stratad.backbones import resolve_nodes
 
         self.config.nodes = resolve_nodes(self.backbone, self.nodes)
+
+    def prepare(self) -> Pipeline:
+        """Build the backbone and resolve the nodes now, so bad names fail before any long work."""
+        _ = self.extractor
+        return self
 
     @property
     def extractor(self) -> Any:
@@ -155,7 +192,9 @@ class Pipeline:
             if progress is not None:
                 progress(len(sizes))
 
-    def extract(self, items: Sequence[ImageSource], progress: Callable[[int], None] | None = None) -> FeatureBatch:
+    def extract(
+        self, items: Sequence[ImageSource], progress: Callable[[int], None] | None = None
+    ) -> FeatureBatch:
         if not items:
             raise StratadError("no images to extract features from")
         return FeatureBatch.concat([fb for fb, _ in self.iter_features(items, progress)])
@@ -176,7 +215,9 @@ class Pipeline:
         self.fitted_ = True
         return self
 
-    def predict(self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None) -> Prediction:
+    def predict(
+        self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None
+    ) -> Prediction:
         if not self.fitted_:
             raise StratadError("the pipeline is not fitted: call fit() or load a saved model first")
         if not images:
@@ -198,14 +239,7 @@ class Pipeline:
         )
 
     def postprocess_maps(self, maps: np.ndarray) -> np.ndarray:
-        """Bilinear upsampling to the input size, then Gaussian smoothing (PatchCore's sigma = 4)."""
-        s = self.config.image_size
-        t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-        up = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False)[:, 0].numpy()
-        if self.config.smoothing_sigma > 0:
-            for i in range(up.shape[0]):
-                up[i] = gaussian_filter(up[i], sigma=self.config.smoothing_sigma)
-        return up
+        return postprocess_maps(maps, self.config.image_size, self.config.smoothing_sigma)
 
     # -- persistence --
     def save(self, path: PathLike) -> None:

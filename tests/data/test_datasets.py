@@ -58,13 +58,13 @@ def test_grayscale_is_replicated_and_resized(tmp_path: Path) -> None:
     tensor, hw = load_image(tmp_path / "g.png", 32)
     assert tensor.shape == (3, 32, 32) and hw == (20, 30)
     assert np.allclose(tensor[0].numpy(), tensor[2].numpy())
-    assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
 
 
 def test_corrupt_image_is_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(ImageReadError, match="broken.png"):
+    with pytest.raises(ImageReadError, match=r"broken\.png"):
         read_image_rgb(bad)
 
 

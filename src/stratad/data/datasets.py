@@ -44,9 +44,7 @@ class DatasetKind(str, enum.Enum):
 def list_images(folder: Path, exclude_suffixes: tuple[str, ...] = ()) -> list[Path]:
     """Sorted image files directly inside ``folder`` (not recursive)."""
     return sorted(
-        p
-        for p in folder.iterdir()
-        if is_image_file(p) and p.suffix.lower() not in exclude_suffixes
+        p for p in folder.iterdir() if is_image_file(p) and p.suffix.lower() not in exclude_suffixes
     )
 
 
@@ -57,7 +55,7 @@ def seeded_split(items: list[Path], fraction: float, seed: int) -> tuple[list[Pa
     ordered = sorted(items, key=lambda p: p.name)
     perm = np.random.default_rng(seed).permutation(len(ordered))
     shuffled = [ordered[i] for i in perm]
-    cut = int(round(fraction * len(shuffled)))
+    cut = round(fraction * len(shuffled))
     return shuffled[:cut], shuffled[cut:]
 
 
@@ -91,7 +89,9 @@ def load_mtd(root: Path, seed: int = 0, train_fraction: float = 0.6) -> DatasetS
         for img in list_images(cls_dir / "Imgs", exclude_suffixes=(".png",)):
             mask = img.with_suffix(".png")
             test.append(ImageRecord(img, 1, name, mask if mask.is_file() else None))
-    return DatasetSplit(f"mtd(seed={seed}, train={train_fraction:g})", [ImageRecord(p) for p in train_paths], test)
+    return DatasetSplit(
+        f"mtd(seed={seed}, train={train_fraction:g})", [ImageRecord(p) for p in train_paths], test
+    )
 
 
 def _mvtec_category_root(root: Path, category: str | None) -> Path:
@@ -103,7 +103,9 @@ def _mvtec_category_root(root: Path, category: str | None) -> Path:
     if category is None:
         if len(categories) == 1:
             return root / categories[0]
-        raise DataError(f"{root} holds several categories; pick one with --category ({', '.join(categories)})")
+        raise DataError(
+            f"{root} holds several categories; pick one with --category ({', '.join(categories)})"
+        )
     if category not in categories:
         raise DataError(f"category {category!r} not found in {root}; available: {', '.join(categories)}")
     return root / category
@@ -192,7 +194,9 @@ def load_dataset(
     loaders: dict[DatasetKind, Callable[[], DatasetSplit]] = {
         DatasetKind.mtd: lambda: load_mtd(path, seed, 0.6 if train_fraction is None else train_fraction),
         DatasetKind.mvtec: lambda: load_mvtec(path, category),
-        DatasetKind.folder: lambda: load_folder(path, seed, 0.8 if train_fraction is None else train_fraction),
+        DatasetKind.folder: lambda: load_folder(
+            path, seed, 0.8 if train_fraction is None else train_fraction
+        ),
     }
     return loaders[kind]()
 

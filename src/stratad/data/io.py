@@ -27,15 +27,20 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     if not source.is_file():
         raise ImageReadError(f"image not found: {source}")
     try:
-        with Image.open(source) as img:
-            img.load()
+        with Image.open(source) as opened:
+            opened.load()
+            img: Image.Image = opened
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit scans: scale to 8 bit instead of letting convert() clip at 255.
                 arr = np.asarray(img, dtype=np.float64)
                 top = max(float(arr.max()), 1.0)
-                img = Image.fromarray((arr / (65535.0 if top > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8))
-            rgb = img.convert("RGB")
-            out = np.asarray(rgb, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                img = Image.fromarray(
+                    (arr / (65535.0 if top > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+                )
+            out = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except UnidentifiedImageError:
+        raise ImageReadError(f"cannot read image {source}: not an image or corrupt") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read image {source}: {exc}") from None
     if out.ndim != 3 or out.shape[0] == 0 or out.shape[1] == 0:
         raise ImageReadError(f"image {source} is empty")
@@ -67,7 +72,9 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
         with Image.open(source) as img:
             img.load()
             arr = np.asarray(img.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise MaskError(f"cannot read mask {source}: not an image or corrupt") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise MaskError(f"cannot read mask {source}: {exc}") from None
     if expected_hw is not None and arr.shape != tuple(expected_hw):
         raise MaskError(

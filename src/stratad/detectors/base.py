@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -49,16 +50,20 @@ class Detector(ABC):
     #: whether :meth:`score` returns maps (pixel metrics are only reported when it does)
     localizes: ClassVar[bool] = True
     #: nodes used when the user gives none, per backbone name ("*" is the fallback)
-    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
 
     def __init__(self, config: DetectorConfig | None = None, **params: Any) -> None:
         base = config if config is not None else self.config_class()
         if not isinstance(base, self.config_class):
-            raise DetectorError(f"{self.name} expects a {self.config_class.__name__}, got {type(base).__name__}")
-        self.config = dataclasses.replace(base, **coerce_params(self.config_class, params)) if params else base
+            raise DetectorError(
+                f"{self.name} expects a {self.config_class.__name__}, got {type(base).__name__}"
+            )
+        self.config = (
+            dataclasses.replace(base, **coerce_params(self.config_class, params)) if params else base
+        )
         self.validate_config()
 
-    def validate_config(self) -> None:
+    def validate_config(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Raise :class:`DetectorError` for impossible hyper-parameters (override when needed)."""
 
     @abstractmethod
@@ -165,17 +170,16 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        errors = []
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))
+        if is_none and type(None) in args:
+            return None
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(arg, value, name)
-            except DetectorError as exc:
-                errors.append(str(exc))
+            except DetectorError:
+                continue
         raise DetectorError(f"option {name}: cannot use {value!r}")
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -46,7 +47,9 @@ class PatchCore(Detector):
     name = "patchcore"
     config_class = PatchCoreConfig
     localizes = True
-    default_nodes = {"efficientnet_lite0": ("blocks.2", "blocks.3"), "*": ("layer2", "layer3")}
+    default_nodes = MappingProxyType(
+        {"efficientnet_lite0": ("blocks.2", "blocks.3"), "*": ("layer2", "layer3")}
+    )
 
     config: PatchCoreConfig
 

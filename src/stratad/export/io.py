@@ -63,5 +63,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise ModelFileError(f"{source} is not a stratad model file (no stratad metadata)")
     meta = json.loads(header[_META_KEY])
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{source} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        raise ModelFileError(
+            f"{source} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}"
+        )
     return tensors, meta

@@ -6,7 +6,9 @@ import cv2
 import numpy as np
 
 
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> np.ndarray:
+def heatmap_overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5
+) -> np.ndarray:
     """uint8 RGB image (H, W, 3) + map (H, W) -> uint8 RGB overlay, map scaled to [vmin, vmax]."""
     span = max(vmax - vmin, 1e-12)
     scaled = np.clip((anomaly_map - vmin) / span, 0.0, 1.0)

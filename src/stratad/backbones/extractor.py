@@ -1,0 +1,146 @@
+"""Features of many graph nodes from ONE forward pass that stops at the deepest requested node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from stratad.backbones.nodes import build_graph_module, resolve_nodes
+from stratad.backbones.registry import Backbone
+
+ImageSource = torch.Tensor | Iterable[Any]
+
+
+class NodeExtractor(nn.Module):
+    """``forward(images) -> {node: features}`` for every requested node of a backbone.
+
+    ``images`` are float RGB in [0, 1], shape ``(B, 3, H, W)``; they are normalised with the
+    backbone's mean / std here, so callers never do it. ``nodes`` accepts everything
+    :func:`~stratad.backbones.nodes.resolve_nodes` does (names, module aliases, globs, ``all``); the
+    output is keyed by the resolved node names (:attr:`nodes`, graph order). Outputs are float32,
+    contiguous (NCHW), on ``output_device`` (the CPU by default; ``None`` keeps them on ``device``).
+
+    The fx graph keeps only what the requested nodes need (dead-code elimination), the forward runs
+    under ``torch.inference_mode`` (skipped while tracing / exporting), and with ``channels_last``
+    model and input use that memory format, which makes CPU convolutions markedly faster. The
+    backbone stays frozen in eval mode: ``train()`` never switches BatchNorm to batch statistics.
+    The wrapped modules are the backbone's own (moved to ``device``), not copies.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        nodes: str | Sequence[str],
+        device: str | torch.device = "cpu",
+        channels_last: bool = True,
+        output_device: str | torch.device | None = "cpu",
+    ) -> None:
+        super().__init__()
+        self.backbone_name = backbone.name
+        self.nodes: list[str] = resolve_nodes(backbone, nodes)
+        self.device = torch.device(device)
+        self.output_device = None if output_device is None else torch.device(output_device)
+        self.channels_last = channels_last
+        self.graph_module = build_graph_module(backbone, self.nodes)
+        self.graph_module.to(self.device)
+        if channels_last:
+            self.graph_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.register_buffer("mean", torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1))
+        self.eval()
+
+    def train(self, mode: bool = True) -> NodeExtractor:
+        super().train(mode)
+        self.graph_module.eval()  # a frozen feature extractor: BatchNorm keeps its running statistics
+        return self
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> network input on :attr:`device` (channels-last if configured)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"expected float images in [0, 1], got dtype {images.dtype}; divide uint8 by 255"
+            )
+        x = (images.to(self.device, torch.float32) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward_normalised(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw graph outputs for an already normalised input (differentiable; used for gradients)."""
+        return dict(self.graph_module(x))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+            raw = self.forward_normalised(self.normalise(images))
+        else:
+            with torch.inference_mode():
+                raw = self.forward_normalised(self.normalise(images))
+        target = self.output_device or self.device
+        # The copy happens outside inference mode so the results are ordinary tensors: detectors that
+        # train on features (SimpleNet, FastFlow) cannot use inference tensors in autograd.
+        return {
+            node: raw[node].to(target, torch.float32, memory_format=torch.contiguous_format, copy=True)
+            for node in self.nodes
+        }
+
+    def extract(
+        self, images: ImageSource, batch_size: int = 16, progress: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Features of many images, ``batch_size`` at a time, concatenated per node.
+
+        ``images`` is a ``(N, 3, H, W)`` tensor or an iterable of ``(3, H, W)`` images /
+        ``(B, 3, H, W)`` batches, or of samples whose image is their ``image`` attribute or first item.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batches: Iterable[torch.Tensor] = _batches(images, batch_size)
+        if progress:
+            from rich.progress import track
+
+            total = -(-images.shape[0] // batch_size) if isinstance(images, torch.Tensor) else None
+            batches = track(batches, description=f"features of {self.backbone_name}", total=total)
+        collected: dict[str, list[torch.Tensor]] = {node: [] for node in self.nodes}
+        for batch in batches:
+            for node, features in self(batch).items():
+                collected[node].append(features)
+        if not collected[self.nodes[0]]:
+            raise ValueError("no images to extract features from")
+        return {node: torch.cat(parts) for node, parts in collected.items()}
+
+
+def _batches(images: ImageSource, batch_size: int) -> Iterator[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        yield from images.split(batch_size)
+        return
+    pending: list[torch.Tensor] = []
+    count = 0
+    for item in images:
+        image = _image_of(item)
+        parts = [image] if image.ndim == 3 else list(image)
+        for part in parts:
+            pending.append(part)
+            count += 1
+            if count == batch_size:
+                yield torch.stack(pending)
+                pending, count = [], 0
+    if pending:
+        yield torch.stack(pending)
+
+
+def _image_of(item: Any) -> torch.Tensor:
+    image = getattr(item, "image", None)
+    if image is None and isinstance(item, (tuple, list)) and item:
+        image = item[0]
+    if image is None:
+        image = item
+    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
+        raise ValueError(f"expected a (3, H, W) image or (B, 3, H, W) batch, got {type(image).__name__}")
+    return image

@@ -1,0 +1,269 @@
+"""Graph nodes of a backbone: their torch.fx names, output shapes, and how user requests resolve to them.
+
+User-visible layer names are the torch.fx node names printed by torchvision's feature-extraction
+package (``layer2.3.relu_2``, ``features.4.1.add``, ``blocks.3.2.add``), taken from the *eval*-mode
+graph. timm models are traced with timm's registry of untraceable leaf modules and functions
+(``Conv2dSame``, ``BatchNormAct2d``, padding helpers...), exactly as ``timm.layers.create_feature_extractor``
+does, so those appear as single nodes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from stratad.backbones.registry import Backbone, BackboneSource
+from stratad.errors import NodeError
+
+DEFAULT_IMAGE_SIZE = 256
+ALL_NODES = "all"
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One graph node and the shape of its output for a square input of ``image_size``.
+
+    Spatial (4-D) outputs give ``channels, height, width`` and ``stride = image_size / width``;
+    non-spatial outputs (``flatten``, the classifier) have ``height = width = 0`` and ``stride = 0``.
+    ``operation`` names what the node computes: a module class (``Conv2d``) or a function (``add``).
+    """
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    stride: float
+    operation: str
+
+    @property
+    def is_spatial(self) -> bool:
+        return self.height > 0
+
+
+# The listing depends only on the architecture and the input size, but costs one trace of the model
+# (over a second for DenseNet-201) plus a forward pass, and every command that names nodes needs it.
+_NODE_CACHE: dict[tuple[str, str, int], tuple[NodeInfo, ...]] = {}
+_GRAPH_NAME_CACHE: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def clear_node_cache() -> None:
+    _NODE_CACHE.clear()
+    _GRAPH_NAME_CACHE.clear()
+
+
+def _architecture_key(backbone: Backbone) -> tuple[str, str]:
+    return backbone.name, type(backbone.model).__qualname__
+
+
+def _tracer_kwargs(backbone: Backbone) -> dict[str, Any] | None:
+    if backbone.source is BackboneSource.TIMM:
+        # The same registries timm.layers.create_feature_extractor passes to torchvision's tracer.
+        from timm.layers import get_notrace_functions, get_notrace_modules
+
+        return {"leaf_modules": get_notrace_modules(), "autowrap_functions": get_notrace_functions()}
+    return None
+
+
+def graph_node_names(backbone: Backbone) -> list[str]:
+    """Every node of the eval-mode graph in execution order, the input placeholder first."""
+    key = _architecture_key(backbone)
+    if key not in _GRAPH_NAME_CACHE:
+        was_training = backbone.model.training
+        _, eval_names = get_graph_node_names(
+            backbone.model, tracer_kwargs=_tracer_kwargs(backbone), suppress_diff_warning=True
+        )
+        backbone.model.train(was_training)
+        _GRAPH_NAME_CACHE[key] = tuple(eval_names)
+    return list(_GRAPH_NAME_CACHE[key])
+
+
+def build_graph_module(backbone: Backbone, nodes: Sequence[str]) -> fx.GraphModule:
+    """An eval-mode fx module returning ``{node: output}`` for exact node names.
+
+    ``create_feature_extractor`` ends with dead-code elimination, so nothing after the deepest
+    requested node is computed. In-place operations are made out-of-place (see
+    :func:`make_out_of_place`), which changes the ``inplace`` flag of the backbone's own activation
+    modules too (harmless: only memory use differs).
+    """
+    if not nodes:
+        raise NodeError(
+            f"no node requested for {backbone.name}; run `stratad nodes {backbone.name}` to list them."
+        )
+    was_training = backbone.model.training
+    backbone.model.eval()
+    # The train graph is never run (extraction is always in eval mode) but torchvision traces it
+    # anyway; returning only the input there keeps that trace valid even where the graphs differ.
+    input_name = graph_node_names(backbone)[0]
+    module = create_feature_extractor(
+        backbone.model,
+        train_return_nodes=[input_name],
+        eval_return_nodes=list(nodes),
+        tracer_kwargs=_tracer_kwargs(backbone),
+        suppress_diff_warning=True,
+    )
+    backbone.model.train(was_training)
+    module.eval()
+    make_out_of_place(module)
+    return module
+
+
+_INPLACE_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    torch.relu_: torch.relu,
+    F.relu_: F.relu,
+}
+
+
+def make_out_of_place(module: fx.GraphModule) -> None:
+    """Turn in-place operations out-of-place so no returned node is overwritten by a later one.
+
+    With ``ReLU(inplace=True)`` after a BatchNorm (ResNet, DenseNet), the tensor returned for the
+    BatchNorm node would silently hold the ReLU's output, and gradients through it would be wrong.
+    """
+    for submodule in module.modules():
+        if isinstance(getattr(submodule, "inplace", None), bool):
+            submodule.inplace = False  # type: ignore[assignment]
+    graphs = {
+        id(graph): graph
+        for graph in (module.graph, getattr(module, "train_graph", None), getattr(module, "eval_graph", None))
+        if graph is not None
+    }
+    for graph in graphs.values():
+        for node in graph.nodes:
+            if node.op not in ("call_function", "call_method"):
+                continue
+            if node.kwargs.get("inplace") is True:
+                node.kwargs = {**node.kwargs, "inplace": False}
+            if node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
+                node.target = _INPLACE_FUNCTIONS[node.target]
+            elif node.op == "call_method" and _is_inplace_method(node.target):
+                node.target = node.target[:-1]
+    module.recompile()
+
+
+def _is_inplace_method(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and name.endswith("_")
+        and not name.startswith("_")
+        and callable(getattr(torch.Tensor, name[:-1], None))
+    )
+
+
+def _operation(module: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return type(module.get_submodule(str(node.target))).__name__
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return str(node.target)
+
+
+def _output_nodes(module: fx.GraphModule) -> dict[str, fx.Node]:
+    output = next(node for node in module.graph.nodes if node.op == "output")
+    return dict(output.args[0])  # type: ignore[call-overload]
+
+
+def list_nodes(backbone: Backbone, image_size: int = DEFAULT_IMAGE_SIZE) -> list[NodeInfo]:
+    """Every graph node with its output shape, in execution order, from ONE eval-mode forward pass.
+
+    The input placeholder is skipped, and so are nodes whose output is not a tensor (a shape, a
+    list); none of the registered backbones has such nodes. The classifier head (global pooling,
+    flatten, fc) is included. Cached per (backbone name, architecture class, image size).
+    """
+    key = (*_architecture_key(backbone), int(image_size))
+    if key not in _NODE_CACHE:
+        _NODE_CACHE[key] = tuple(_compute_nodes(backbone, int(image_size)))
+    return list(_NODE_CACHE[key])
+
+
+def _compute_nodes(backbone: Backbone, image_size: int) -> list[NodeInfo]:
+    names = graph_node_names(backbone)
+    module = build_graph_module(backbone, names)
+    by_name = _output_nodes(module)
+    parameter = next(iter(backbone.model.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    # Zeros are enough: only shapes are read.
+    dummy = torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype)
+    with torch.inference_mode():
+        outputs = module(dummy)
+    infos = []
+    for name in names:
+        node, value = by_name.get(name), outputs.get(name)
+        if node is None or node.op == "placeholder" or not isinstance(value, torch.Tensor):
+            continue
+        shape = tuple(value.shape)
+        channels = int(shape[1]) if len(shape) >= 2 else 0
+        if len(shape) == 4 and shape[3] > 0:
+            height, width, stride = int(shape[2]), int(shape[3]), image_size / int(shape[3])
+        else:
+            height, width, stride = 0, 0, 0.0
+        infos.append(NodeInfo(name, channels, height, width, stride, _operation(module, node)))
+    return infos
+
+
+def resolve_nodes(backbone: Backbone, requested: str | Sequence[str]) -> list[str]:
+    """Exact node names, in graph order and without duplicates, for what a user asked for.
+
+    Each request is one of: a node name (``layer2.1.relu_1``); ``all``; an fnmatch pattern over node
+    names (``blocks.*``, where ``*`` also crosses dots, ``layer?.*.relu_1``); or a module name
+    (``layer2``, ``blocks.3``), an alias of the last graph node inside that module, which is the
+    module's output. A string may list several requests separated by commas.
+    """
+    items = _split_request(requested)
+    if not items:
+        raise NodeError(
+            f"no node requested for {backbone.name}; run `stratad nodes {backbone.name}` to list them."
+        )
+    names = [info.name for info in list_nodes(backbone)]
+    position = {name: index for index, name in enumerate(names)}
+    modules: list[str] | None = None
+    selected: set[int] = set()
+    for item in items:
+        if item == ALL_NODES:
+            selected.update(range(len(names)))
+        elif item in position:
+            selected.add(position[item])
+        elif _GLOB_CHARACTERS.intersection(item):
+            matches = [position[name] for name in names if fnmatch.fnmatchcase(name, item)]
+            if not matches:
+                raise NodeError(
+                    f"the pattern {item!r} matches no node of {backbone.name}; "
+                    f"run `stratad nodes {backbone.name}` to list them."
+                )
+            selected.update(matches)
+        else:
+            if modules is None:
+                modules = [name for name, _ in backbone.model.named_modules() if name]
+            inside = [position[name] for name in names if name.startswith(item + ".")]
+            if item in modules and inside:
+                selected.add(max(inside))
+            else:
+                raise _unknown_node(backbone, item, names + modules)
+    return [names[index] for index in sorted(selected)]
+
+
+def _split_request(requested: str | Sequence[str]) -> list[str]:
+    parts = [requested] if isinstance(requested, str) else list(requested)
+    return [item.strip() for part in parts for item in part.split(",") if item.strip()]
+
+
+def _unknown_node(backbone: Backbone, item: str, candidates: list[str]) -> NodeError:
+    close = difflib.get_close_matches(item, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
+    hint = (
+        f"did you mean {', '.join(close)}?" if close else f"run `stratad nodes {backbone.name}` to list them."
+    )
+    return NodeError(f"{backbone.name} has no node or module {item!r}; {hint}")

@@ -1,0 +1,111 @@
+"""Reading weight files (never downloading them) and loading them strictly into a model."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from stratad.errors import BackboneError, WeightsNotFoundError
+
+StateDict = dict[str, torch.Tensor]
+KeyRemap = Callable[[StateDict], StateDict]
+
+# Checkpoints written by training scripts often wrap the weights; these are the usual envelopes.
+_NESTING_KEYS = ("state_dict", "model", "model_state_dict", "module")
+# DataParallel / DistributedDataParallel and torch.compile prefix every key.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def hub_checkpoint_path(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url(url)`` caches the file (honours TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def require_hub_checkpoint(url: str, backbone_name: str) -> Path:
+    path = hub_checkpoint_path(url)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"ImageNet weights for {backbone_name} are not in the torch hub cache: expected {path} "
+            f"(the file of {url}); copy it there, or pass --weights PATH or --weights random."
+        )
+    return path
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Tensors of a ``.pth`` / ``.pt`` / ``.safetensors`` file, unwrapped and without wrapper prefixes."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            raw: Any = load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own untyped errors on corrupt headers
+            raise BackboneError(f"{path} is not a readable safetensors file ({error}).") from error
+    else:
+        try:
+            # weights_only: a weights file must never be able to run code on load.
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise BackboneError(
+                f"{path} holds more than tensors (a pickled model or optimizer?), which torch.load refuses "
+                f"with weights_only=True; re-save it as torch.save(model.state_dict(), path)."
+            ) from error
+        except (RuntimeError, EOFError, OSError) as error:
+            raise BackboneError(f"{path} is not a readable torch weights file ({error}).") from error
+    return _clean_state_dict(raw, path)
+
+
+def _clean_state_dict(raw: Any, path: Path) -> StateDict:
+    while isinstance(raw, Mapping):
+        nested = next((raw[key] for key in _NESTING_KEYS if isinstance(raw.get(key), Mapping)), None)
+        if nested is None:
+            break
+        raw = nested
+    if not isinstance(raw, Mapping) or not raw:
+        raise BackboneError(
+            f"{path} holds no state dict; save one with torch.save(model.state_dict(), path)."
+        )
+    state: StateDict = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            continue  # bookkeeping entries such as an epoch counter
+        name = str(key)
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if name.startswith(prefix):
+                    name, stripped = name[len(prefix) :], True
+        state[name] = value
+    if not state:
+        raise BackboneError(f"{path} holds no tensors; save one with torch.save(model.state_dict(), path).")
+    return state
+
+
+def load_strict(model: nn.Module, state: StateDict, backbone_name: str, origin: Path) -> None:
+    """``load_state_dict(strict=True)`` with a message that names the first mismatched keys."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [
+        f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
+        for key, value in state.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+                problems.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{more})")
+        raise BackboneError(
+            f"{origin} does not fit {backbone_name}: {'; '.join(problems)}; pass weights saved from the same "
+            f"architecture or use --weights random."
+        )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,81 @@
+"""One call that computes every metric of a test run, reporting pixel metrics only when maps exist."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from stratad.errors import DataError, MaskError
+from stratad.metrics._validation import ArraySequence, check_fpr_limit, check_labels_scores, check_masks_maps
+from stratad.metrics.image import f1_max, image_auroc
+from stratad.metrics.pixel import pixel_metrics_from_pairs
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """Harmonic mean of two scores in [0, 1], e.g. P_h of image AUROC and AU-PRO; 0 if either is 0.
+
+    Unlike the arithmetic mean it cannot hide a failed task behind a good one.
+    """
+    for name, value in (("a", a), ("b", b)):
+        if not (math.isfinite(value) and value >= 0.0):
+            raise DataError(f"harmonic_mean needs finite non-negative values, got {name}={value}.")
+    if a == 0.0 or b == 0.0:
+        return 0.0
+    return 2.0 * a * b / (a + b)
+
+
+def aupro_key(fpr_limit: float) -> str:
+    """Result key of AU-PRO at ``fpr_limit``, in percent: ``aupro_30`` for 0.3, ``aupro_0p5`` for 0.005."""
+    percent = f"{round(check_fpr_limit(fpr_limit) * 100, 6):g}"
+    return "aupro_" + percent.replace(".", "p")
+
+
+def evaluate(
+    labels: npt.ArrayLike,
+    image_scores: npt.ArrayLike,
+    masks: ArraySequence | None = None,
+    maps: ArraySequence | None = None,
+    fpr_limit: float = 0.3,
+) -> dict[str, float]:
+    """Every metric of one test set as plain floats in [0, 1].
+
+    Always: ``image_auroc`` and ``f1_max``. With ``masks`` and ``maps`` (one per image, in the order
+    of ``labels``) also ``pixel_auroc``, ``aupro_<limit%>``, ``pixel_f1_max`` and ``p_h``, the
+    harmonic mean of image AUROC and AU-PRO. Detectors that give image scores only pass no maps and
+    get no pixel keys, rather than made-up pixel numbers.
+    """
+    checked_labels, checked_scores = check_labels_scores(labels, image_scores)
+    limit = check_fpr_limit(fpr_limit)
+    if (masks is None) != (maps is None):
+        missing = "maps" if maps is None else "masks"
+        raise DataError(
+            f"pixel metrics need both masks and maps, but {missing} is missing; pass both or neither."
+        )
+
+    results = {
+        "image_auroc": image_auroc(checked_labels, checked_scores),
+        "f1_max": f1_max(checked_labels, checked_scores),
+    }
+    if masks is None or maps is None:
+        return results
+
+    pairs = check_masks_maps(masks, maps)
+    if len(pairs) != checked_labels.shape[0]:
+        raise MaskError(
+            f"got {len(pairs)} masks for {checked_labels.shape[0]} labels; pass one mask per test image."
+        )
+    for index, ((mask, _), anomalous) in enumerate(zip(pairs, checked_labels, strict=True)):
+        if not anomalous and mask.any():
+            raise MaskError(
+                f"image {index} is labelled normal but its mask marks {int(np.count_nonzero(mask))} "
+                "defect pixels; fix the label or the mask."
+            )
+
+    pixel = pixel_metrics_from_pairs(pairs, limit)
+    results["pixel_auroc"] = pixel.pixel_auroc
+    results[aupro_key(limit)] = pixel.aupro
+    results["pixel_f1_max"] = pixel.pixel_f1_max
+    results["p_h"] = harmonic_mean(results["image_auroc"], pixel.aupro)
+    return results

@@ -1,0 +1,298 @@
+"""Score every candidate node with one detector: the engine behind `stratad select` and `stratad sweep`.
+
+The feature-selection paper fits one model per node from scratch and names that cost its main
+limitation. Here:
+- nodes are grouped into chunks whose features (float16, maps average-pooled to at most
+  ``max_grid`` x ``max_grid``) fit a memory budget; each chunk costs ONE pass of every image through
+  the backbone, pruned at the chunk's deepest node, and images are decoded only once;
+- the per-node fit / score / metrics work of a chunk runs in ``workers`` forked processes that share
+  the chunk's features copy-on-write;
+- each finished node is appended to ``nodes.csv`` at once, so a killed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stratad.detectors.base import build_detector
+from stratad.errors import StratadError
+from stratad.features.types import FeatureBatch
+from stratad.pipeline import postprocess_maps, resize_map
+
+RESULT_COLUMNS = (
+    "node",
+    "channels",
+    "height",
+    "width",
+    "stride",
+    "relative_rf",
+    "image_auroc",
+    "pixel_auroc",
+    "aupro_30",
+    "p_h",
+    "fit_s",
+    "score_s",
+)
+
+
+@dataclass
+class SweepConfig:
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    nodes: list[str] = field(default_factory=lambda: ["all"])
+    detector: str = "patchcore"
+    detector_params: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 256
+    batch_size: int = 16
+    #: spatial maps larger than this are average-pooled to it before caching (bounds RAM and the
+    #: coreset cost of very early nodes; 32 = stride 8 at 256 px)
+    max_grid: int = 32
+    memory_budget_mb: int = 3000
+    workers: int = 1
+    seed: int = 0
+    smoothing_sigma: float = 4.0
+    fpr_limit: float = 0.3
+    device: str = "cpu"
+
+
+@dataclass
+class EvalSet:
+    """Images uint8 (M, 3, S, S); labels (M,); masks: bool arrays at S x S or at original sizes."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    masks: Sequence[np.ndarray]
+
+
+def load_uint8_images(
+    paths: Sequence[Any], size: int, progress: Callable[[int], None] | None = None
+) -> torch.Tensor:
+    from stratad.selection.validation import resized_rgb, to_tensor
+
+    out = []
+    for p in paths:
+        out.append(resized_rgb(p, size))
+        if progress is not None:
+            progress(1)
+    return to_tensor(out)
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {r["node"]: r for r in rows}
+
+
+def _cap(x: torch.Tensor, max_grid: int) -> torch.Tensor:
+    if x.ndim == 4 and max_grid > 0 and (x.shape[-2] > max_grid or x.shape[-1] > max_grid):
+        return F.adaptive_avg_pool2d(x, (min(x.shape[-2], max_grid), min(x.shape[-1], max_grid)))
+    return x
+
+
+def plan_chunks(sizes: dict[str, int], budget_bytes: int) -> list[list[str]]:
+    """Consecutive nodes (graph order) grouped so that each group's cached bytes fit the budget."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for node, nbytes in sizes.items():
+        if current and used + nbytes > budget_bytes:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(node)
+        used += nbytes
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# Chunk data shared with forked workers (copy-on-write); set only inside run_sweep.
+_SHARED: dict[str, Any] = {}
+
+
+def _score_node(node: str) -> dict[str, Any]:
+    from stratad.metrics import evaluate
+
+    cfg: SweepConfig = _SHARED["config"]
+    ev: EvalSet = _SHARED["eval"]
+    train = _SHARED["train"][node]
+    test = _SHARED["test"][node]
+    size = (cfg.image_size, cfg.image_size)
+    params = dict(cfg.detector_params)
+    det = build_detector(cfg.detector, **params)
+    if "seed" in det.config.__dataclass_fields__ and "seed" not in params:
+        det = build_detector(cfg.detector, **{**params, "seed": cfg.seed})
+    t0 = time.perf_counter()
+    det.fit(FeatureBatch({node: train.float()}, size))
+    t1 = time.perf_counter()
+    scores = det.score(FeatureBatch({node: test.float()}, size))
+    t2 = time.perf_counter()
+    if scores.maps is not None:
+        maps = postprocess_maps(scores.maps, cfg.image_size, cfg.smoothing_sigma)
+        full = [resize_map(m, mask.shape) for m, mask in zip(maps, ev.masks, strict=True)]
+        metrics = evaluate(ev.labels, scores.image_scores, list(ev.masks), full, fpr_limit=cfg.fpr_limit)
+    else:
+        metrics = evaluate(ev.labels, scores.image_scores, fpr_limit=cfg.fpr_limit)
+    return {"node": node, **metrics, "fit_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3)}
+
+
+def _worker_init() -> None:
+    # One thread per worker process: the workers themselves are the parallelism.
+    torch.set_num_threads(1)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    train_images: torch.Tensor,
+    evaluation: EvalSet,
+    out_dir: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+    relative_rf: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Fit ``cfg.detector`` on ``train_images`` for every node, evaluate on ``evaluation``.
+
+    Results go to ``out_dir/nodes.csv`` (one row per finished node, appended as it finishes).
+    """
+    from stratad.backbones import build_backbone, list_nodes, resolve_nodes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(out_dir, cfg, len(train_images), len(evaluation.images))
+    backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
+    candidates = resolve_nodes(backbone, cfg.nodes)
+    infos = {i.name: i for i in list_nodes(backbone, image_size=cfg.image_size)}
+    det_cls = type(build_detector(cfg.detector, **cfg.detector_params))
+    if det_cls.localizes:
+        skipped = [n for n in candidates if infos[n].height == 0]
+        candidates = [n for n in candidates if infos[n].height > 0]
+    else:
+        skipped = []
+    if not candidates:
+        raise StratadError("no candidate node has a spatial output for this detector")
+    results_path = out_dir / "nodes.csv"
+    done = read_results(results_path)
+    todo = [n for n in candidates if n not in done]
+    n_images = len(train_images) + len(evaluation.images)
+
+    def cached_bytes(node: str) -> int:
+        info = infos[node]
+        grid = min(info.height, cfg.max_grid) * min(info.width, cfg.max_grid) if info.height else 1
+        return n_images * info.channels * grid * 2
+
+    chunks = plan_chunks({n: cached_bytes(n) for n in todo}, cfg.memory_budget_mb * 2**20)
+    new_file = not results_path.exists()
+    finished = len(candidates) - len(todo)
+    with open(results_path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+            handle.flush()
+        try:
+            for chunk in chunks:
+                _SHARED.update(
+                    config=cfg,
+                    eval=evaluation,
+                    **_extract_chunk(backbone, chunk, cfg, train_images, evaluation),
+                )
+                for row in _map_nodes(chunk, cfg.workers):
+                    info = infos[row["node"]]
+                    row.update(
+                        channels=info.channels,
+                        height=info.height,
+                        width=info.width,
+                        stride=info.stride,
+                        relative_rf=None if relative_rf is None else relative_rf.get(row["node"]),
+                    )
+                    writer.writerow({k: _fmt(row.get(k)) for k in RESULT_COLUMNS})
+                    handle.flush()
+                    finished += 1
+                    if progress is not None:
+                        progress(row["node"], finished, len(candidates))
+                _SHARED.clear()
+        finally:
+            _SHARED.clear()
+    rows = read_results(results_path)
+    if skipped:
+        (out_dir / "skipped_nodes.txt").write_text("\n".join(skipped) + "\n")
+    return [rows[n] for n in candidates if n in rows]
+
+
+def _extract_chunk(
+    backbone: Any, chunk: list[str], cfg: SweepConfig, train_images: torch.Tensor, evaluation: EvalSet
+) -> dict[str, dict[str, torch.Tensor]]:
+    """One backbone pass per image for all nodes of the chunk; float16 features, maps capped."""
+    from stratad.backbones import NodeExtractor
+
+    extractor = NodeExtractor(backbone, chunk, device=cfg.device)
+    feats: dict[str, dict[str, torch.Tensor]] = {}
+    for role, images in (("train", train_images), ("test", evaluation.images)):
+        parts: dict[str, list[torch.Tensor]] = {n: [] for n in chunk}
+        for start in range(0, len(images), cfg.batch_size):
+            out = extractor(images[start : start + cfg.batch_size].float() / 255.0)
+            for n in chunk:
+                parts[n].append(_cap(out[n], cfg.max_grid).to(torch.float16))
+        feats[role] = {n: torch.cat(parts[n]) for n in chunk}
+    return feats
+
+
+def _map_nodes(chunk: list[str], workers: int) -> Any:
+    if workers <= 1 or len(chunk) == 1 or "fork" not in mp.get_all_start_methods():
+        return map(_score_node, chunk)
+    ctx = mp.get_context("fork")
+    pool = ctx.Pool(min(workers, len(chunk)), initializer=_worker_init)
+
+    def results() -> Any:
+        try:
+            yield from pool.imap(_score_node, chunk)
+        finally:
+            pool.terminate()
+            pool.join()
+
+    return results()
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _check_resumable(out_dir: Path, cfg: SweepConfig, n_train: int, n_eval: int) -> None:
+    """A sweep folder belongs to one configuration; resuming with other settings would mix results."""
+    stamp = {
+        **asdict(cfg),
+        "workers": None,
+        "batch_size": None,
+        "device": None,
+        "n_train": n_train,
+        "n_eval": n_eval,
+    }
+    path = out_dir / "sweep.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != json.loads(json.dumps(stamp)):
+            raise StratadError(
+                f"{out_dir} holds a sweep with other settings; use another --out folder or delete it"
+            )
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stamp, indent=2))
+    os.replace(tmp, path)

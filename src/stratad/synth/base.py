@@ -1,0 +1,232 @@
+"""The synthetic-defect contract, its registry and the input checks every generator shares.
+
+A generator is configured by a frozen dataclass (hyper-parameters only) and called as
+``generator(target, source, rng)``: ``target`` is the good image that receives the defect, ``source``
+another good image of the same product that some kinds copy from (``None``: the target itself), and
+``rng`` is the only source of randomness, so the same seed gives bit-identical output.
+Images are uint8 RGB arrays ``(H, W, 3)``; masks are bool ``(H, W)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from stratad.errors import DataError
+
+
+class DefectKind(str, enum.Enum):
+    """The synthetic defect kinds stratad ships."""
+
+    SIMPLE = "simple"
+    CUTPASTE = "cutpaste"
+    NSA = "nsa"
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticDefect:
+    """A defective image and the pixels its defect covers.
+
+    ``target_index`` / ``source_index`` say which good images it was made from when it comes from
+    :func:`~stratad.synth.make_synthetic_set` (``None`` otherwise, or when no source was used).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    target_index: int | None = None
+    source_index: int | None = None
+
+
+@dataclass(frozen=True)
+class DefectConfig:
+    """Base of every generator's hyper-parameter dataclass; invalid values raise on construction."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`DataError` for impossible hyper-parameters (override when needed)."""
+
+
+class DefectGenerator(ABC):
+    """Callable ``(target, source, rng) -> SyntheticDefect``; subclasses implement :meth:`_generate`."""
+
+    kind: ClassVar[DefectKind]
+    config_class: ClassVar[type[DefectConfig]] = DefectConfig
+    #: smallest image side (pixels) the method can work on
+    min_image_side: ClassVar[int] = 1
+
+    def __init__(self, config: DefectConfig | None = None, **params: Any) -> None:
+        base = config if config is not None else self.config_class()
+        if not isinstance(base, self.config_class):
+            raise DataError(
+                f"the {self.kind.value} defect expects a {self.config_class.__name__}, "
+                f"got {type(base).__name__}"
+            )
+        self.config = dataclasses.replace(base, **coerce_params(self.config_class, params, self.kind))
+
+    def __call__(
+        self, target: np.ndarray, source: np.ndarray | None, rng: np.random.Generator
+    ) -> SyntheticDefect:
+        check_image(target, "target", self.min_image_side)
+        if source is not None:
+            check_image(source, "source", self.min_image_side)
+        if not isinstance(rng, np.random.Generator):
+            raise DataError(
+                f"rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed)), "
+                f"got {type(rng).__name__}"
+            )
+        return self._generate(target, source, rng)
+
+    @abstractmethod
+    def _generate(
+        self, target: np.ndarray, source: np.ndarray | None, rng: np.random.Generator
+    ) -> SyntheticDefect: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+def check_image(image: object, name: str, min_side: int = 1) -> np.ndarray:
+    """Return ``image`` if it is a uint8 ``(H, W, 3)`` array with both sides >= ``min_side``."""
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"{name} must be a uint8 numpy array of shape (H, W, 3), got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(
+            f"{name} must be a uint8 array of shape (H, W, 3) (replicate grayscale to 3 channels), "
+            f"got {image.dtype} {image.shape}"
+        )
+    if min(image.shape[:2]) < min_side:
+        raise DataError(f"{name} is {image.shape[0]}x{image.shape[1]}; this defect needs sides >= {min_side}")
+    return image
+
+
+def pixel_length(length: float, limit: int) -> int:
+    """Round a sampled length to whole pixels within ``[1, limit]``."""
+    return int(min(max(round(length), 1), limit))
+
+
+# -- small validation helpers for configs --
+def check_range(name: str, value: tuple[float, float], low: float, high: float | None) -> None:
+    """``value`` must be ``(lo, hi)`` with ``low < lo <= hi`` (and ``hi <= high`` when given)."""
+    if len(value) != 2:
+        raise DataError(f"option {name} must be a (min, max) pair, got {value!r}")
+    lo, hi = value
+    upper = "" if high is None else f" <= {high}"
+    if not (lo > low and lo <= hi and (high is None or hi <= high)):
+        raise DataError(f"option {name} must satisfy {low} < min <= max{upper}, got {value!r}")
+
+
+# -- registry --
+G = TypeVar("G", bound=type[DefectGenerator])
+_REGISTRY: dict[str, type[DefectGenerator]] = {}
+
+
+def register_defect(cls: G) -> G:
+    """Class decorator: make a generator available by its ``kind``."""
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, DefectKind):
+        raise TypeError(f"{cls.__name__}.kind must be a DefectKind")
+    _REGISTRY[kind.value] = cls
+    return cls
+
+
+def list_defect_kinds() -> list[str]:
+    """Names accepted by :func:`build_defect`."""
+    return sorted(_REGISTRY)
+
+
+def defect_class(kind: str | DefectKind) -> type[DefectGenerator]:
+    name = kind.value if isinstance(kind, DefectKind) else str(kind).strip().lower()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DataError(
+            f"unknown defect kind {kind!r}; available: {', '.join(list_defect_kinds())}"
+        ) from None
+
+
+def build_defect(
+    kind: str | DefectKind, config: DefectConfig | None = None, **params: Any
+) -> DefectGenerator:
+    """Build a generator: ``build_defect("cutpaste", area_fraction_range=(0.02, 0.1))``."""
+    return defect_class(kind)(config, **params)
+
+
+# -- hyper-parameter coercion: CLI strings and JSON values -> typed dataclass fields --
+def coerce_params(
+    config_class: type[DefectConfig], params: Mapping[str, Any], kind: DefectKind
+) -> dict[str, Any]:
+    hints = typing.get_type_hints(config_class)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise DataError(
+                f"unknown option {key!r} for the {kind.value} defect; options: {', '.join(sorted(fields))}"
+            )
+        out[name] = _coerce(hints[name], value, name)
+    return out
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", ""))
+        if is_none and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, name)
+            except DataError:
+                pass
+        raise DataError(f"option {name}: cannot use {value!r}")
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise DataError(f"option {name}: {value!r} is not a sequence like '0.1,0.3'")
+        inner = args[0] if args else str
+        return tuple(_coerce(inner, v.strip() if isinstance(v, str) else v, name) for v in items)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value.value if isinstance(value, enum.Enum) else value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in tp)
+            raise DataError(f"option {name}: {value!r} is not one of {choices}") from None
+    if tp is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise DataError(f"option {name}: {value!r} is not a valid bool")
+    if tp is int:
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, bool) or not float(number).is_integer():
+                raise ValueError(value)
+            return int(number)
+        except (TypeError, ValueError):
+            raise DataError(f"option {name}: {value!r} is not a valid int") from None
+    if tp is float:
+        try:
+            if isinstance(value, bool):
+                raise TypeError(value)
+            return float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"option {name}: {value!r} is not a valid float") from None
+    return value

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stratad.backbones import Backbone, NodeExtractor
+
+
+def test_many_nodes_in_one_pass(resnet18: Backbone) -> None:
+    extractor = NodeExtractor(resnet18, ["layer3", "layer1", "layer2.0.bn1", "fc"])
+    images = torch.rand(2, 3, 64, 64)
+    features = extractor(images)
+    assert list(features) == extractor.nodes == ["layer1.1.relu_1", "layer2.0.bn1", "layer3.1.relu_1", "fc"]
+    shapes = {name: tuple(tensor.shape) for name, tensor in features.items()}
+    assert shapes == {
+        "layer1.1.relu_1": (2, 64, 16, 16),
+        "layer2.0.bn1": (2, 128, 8, 8),
+        "layer3.1.relu_1": (2, 256, 4, 4),
+        "fc": (2, 1000),
+    }
+    for tensor in features.values():
+        assert tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
+        assert not tensor.is_inference()  # usable by detectors that train on features
+    # a BatchNorm output keeps its negative values: the following in-place ReLU was made out-of-place
+    assert (features["layer2.0.bn1"] < 0).any()
+
+
+def _hooked(backbone: Backbone, module_name: str, images: torch.Tensor) -> torch.Tensor:
+    captured: list[torch.Tensor] = []
+    module = backbone.model.get_submodule(module_name)
+    handle = module.register_forward_hook(lambda _m, _i, output: captured.append(output.clone()))
+    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    try:
+        with torch.inference_mode():
+            backbone.model((images - mean) / std)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@pytest.mark.parametrize(("fixture", "module"), [("lite0_random", "blocks.3"), ("resnet18", "layer1.0.bn1")])
+def test_extractor_matches_a_forward_hook(fixture: str, module: str, request: pytest.FixtureRequest) -> None:
+    backbone: Backbone = request.getfixturevalue(fixture)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    (node,) = NodeExtractor(backbone, [module]).nodes
+    extracted = NodeExtractor(backbone, [module])(images)[node]
+    expected = _hooked(backbone, module, images)
+    torch.testing.assert_close(extracted, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_gives_the_same_features(lite0_random: Backbone) -> None:
+    images = torch.rand(2, 3, 64, 64)
+    fast = NodeExtractor(lite0_random, "blocks.4", channels_last=True)(images)
+    plain = NodeExtractor(lite0_random, "blocks.4", channels_last=False)(images)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_graph_stops_at_the_deepest_requested_node(resnet18: Backbone) -> None:
+    early = NodeExtractor(resnet18, "layer1")
+    late = NodeExtractor(resnet18, "layer4")
+    early_modules = {node.target for node in early.graph_module.graph.nodes if node.op == "call_module"}
+    assert not any(str(target).startswith(("layer2", "layer3", "layer4", "fc")) for target in early_modules)
+    assert len(early.graph_module.graph.nodes) < len(late.graph_module.graph.nodes) / 2
+
+
+def test_extract_batches_tensors_and_iterables(resnet18: Backbone) -> None:
+    extractor = NodeExtractor(resnet18, ["layer1", "layer2"])
+    images = torch.rand(5, 3, 32, 32)
+    whole = extractor(images)
+    from_tensor = extractor.extract(images, batch_size=2)
+    from_samples = extractor.extract([(image, 0) for image in images], batch_size=3)
+    for node in extractor.nodes:
+        torch.testing.assert_close(from_tensor[node], whole[node], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(from_samples[node], whole[node], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_images_are_rejected(resnet18: Backbone) -> None:
+    extractor = NodeExtractor(resnet18, "layer1")
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        extractor(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match="255"):
+        extractor(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))

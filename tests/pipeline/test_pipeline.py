@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stratad.data import load_dataset
+from stratad.errors import ModelFileError, NodeError, StratadError
+from stratad.evaluation import evaluate_pipeline
+from stratad.pipeline import Pipeline
+
+
+def _pipe(**kw: object) -> Pipeline:
+    args: dict = {
+        "backbone": "efficientnet_lite0",
+        "nodes": ["blocks.2", "blocks.3"],
+        "image_size": 64,
+        "detector_params": {"coreset_size": 200},
+        "batch_size": 4,
+    }
+    args.update(kw)
+    return Pipeline(**args)
+
+
+def test_fit_predict_save_load_evaluate(tiny_mvtec: Path, tmp_path: Path) -> None:
+    split = load_dataset(tiny_mvtec, "mvtec")
+    pipe = _pipe().fit(split.train)
+    pred = pipe.predict(split.test)
+    assert pred.maps is not None and pred.maps.shape == (len(split.test), 64, 64)
+    labels = np.array([r.label for r in split.test])
+    # Bright 16x16 squares are an obvious defect: every defective image outranks every good one.
+    assert pred.image_scores[labels == 1].min() > pred.image_scores[labels == 0].max()
+    pipe.save(tmp_path / "m.stratad")
+    again = Pipeline.load(tmp_path / "m.stratad")
+    pred2 = again.predict(split.test)
+    np.testing.assert_array_equal(pred.image_scores, pred2.image_scores)
+    np.testing.assert_array_equal(pred.maps, pred2.maps)
+    metrics, _ = evaluate_pipeline(again, split.test)
+    assert metrics["image_auroc"] == 1.0
+    assert metrics["aupro_30"] > 0.8 and metrics["pixel_auroc"] > 0.9
+    assert 0 < metrics["p_h"] <= 1
+    assert metrics["backbone"] == "efficientnet_lite0" and len(metrics["nodes"]) == 2
+
+
+def test_same_seed_same_scores(tiny_mvtec: Path) -> None:
+    split = load_dataset(tiny_mvtec, "mvtec")
+    a = _pipe(detector_params={"coreset_size": 30}).fit(split.train).predict(split.test[:3])
+    b = _pipe(detector_params={"coreset_size": 30}).fit(split.train).predict(split.test[:3])
+    np.testing.assert_array_equal(a.image_scores, b.image_scores)
+
+
+def test_bad_inputs_are_clear(tmp_path: Path, tiny_mvtec: Path) -> None:
+    split = load_dataset(tiny_mvtec, "mvtec")
+    with pytest.raises(NodeError, match=r"blocks\.99"):
+        _pipe(nodes=["blocks.99"]).fit(split.train[:2])
+    with pytest.raises(StratadError, match="not fitted"):
+        _pipe().predict(split.test)
+    (tmp_path / "junk.stratad").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        Pipeline.load(tmp_path / "junk.stratad")
+    with pytest.raises(ModelFileError, match="not found"):
+        Pipeline.load(tmp_path / "missing.stratad")
