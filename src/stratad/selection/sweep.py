@@ -44,6 +44,7 @@ RESULT_COLUMNS = (
     "p_h",
     "fit_s",
     "score_s",
+    "same_as",
 )
 
 
@@ -212,7 +213,9 @@ def run_sweep(
                     eval=evaluation,
                     **_extract_chunk(backbone, chunk, cfg, train_images, evaluation),
                 )
-                for row in _map_nodes(chunk, cfg.workers):
+                aliases = _identical_nodes(chunk, _SHARED["train"], _SHARED["test"])
+                unique = [n for n in chunk if n not in aliases]
+                for row in _with_aliases(_map_nodes(unique, cfg.workers), aliases):
                     info = infos[row["node"]]
                     row.update(
                         channels=info.channels,
@@ -251,6 +254,35 @@ def _extract_chunk(
                 parts[n].append(_cap(out[n], cfg.max_grid).to(torch.float16))
         feats[role] = {n: torch.cat(parts[n]) for n in chunk}
     return feats
+
+
+def _identical_nodes(
+    chunk: list[str], train: dict[str, torch.Tensor], test: dict[str, torch.Tensor]
+) -> dict[str, str]:
+    """Nodes whose features equal an earlier node's (identity modules such as timm's ``aa``, ``se``
+    or ``drop_path`` placeholders, an add of zeros): scored once, reported under both names."""
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], list[str]] = {}
+    for node in chunk:
+        a = train[node]
+        key = (tuple(a.shape), float(a[:1].float().sum()))
+        for earlier in seen.get(key, []):
+            if torch.equal(train[earlier], a) and torch.equal(test[earlier], test[node]):
+                aliases[node] = earlier
+                break
+        else:
+            seen.setdefault(key, []).append(node)
+    return aliases
+
+
+def _with_aliases(rows: Any, aliases: dict[str, str]) -> Any:
+    waiting: dict[str, list[str]] = {}
+    for alias, source in aliases.items():
+        waiting.setdefault(source, []).append(alias)
+    for row in rows:
+        yield row
+        for alias in waiting.get(row["node"], []):
+            yield {**row, "node": alias, "same_as": row["node"], "fit_s": 0.0, "score_s": 0.0}
 
 
 def _map_nodes(chunk: list[str], workers: int) -> Any:

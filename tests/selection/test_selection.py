@@ -1,0 +1,99 @@
+"""Feature selection on a constructed backbone whose best node is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stratad.backbones import list_backbones, register_backbone
+from stratad.backbones.registry import Backbone, BackboneSource, WeightSource
+from stratad.data import load_dataset
+from stratad.errors import DataError
+from stratad.selection import SweepConfig, build_validation_set, choose, select_features, selection_split
+from tests.conftest import make_mvtec
+
+
+class Twin(nn.Module):
+    """``informative`` sees the image; ``blind`` outputs zeros whatever the input; ``add`` = informative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.informative = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.blind = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        nn.init.zeros_(self.blind.weight)
+        nn.init.zeros_(self.blind.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.informative(x) + self.blind(x)
+
+
+if "twin_test" not in list_backbones():
+
+    @register_backbone("twin_test")
+    def twin_test(weights: WeightSource) -> Backbone:
+        return Backbone("twin_test", Twin(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", BackboneSource.TORCHVISION)
+
+
+def test_split_is_disjoint_and_deterministic(tmp_path: Path) -> None:
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    a, b, c = selection_split(train, seed=1), selection_split(train, seed=1), selection_split(train, seed=2)
+    parts = [{r.path for r in p} for p in (a.fit, a.val_good, a.val_defect)]
+    assert sum(len(p) for p in parts) == 20 and len(set().union(*parts)) == 20
+    assert (len(a.fit), len(a.val_good), len(a.val_defect)) == (14, 2, 4)
+    assert [r.path for r in a.fit] == [r.path for r in b.fit]
+    assert [r.path for r in a.fit] != [r.path for r in c.fit]
+    with pytest.raises(DataError, match="at least 4"):
+        selection_split(train[:3])
+
+
+def test_validation_set_masks_are_exact(tmp_path: Path) -> None:
+    split = selection_split(load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train)
+    val = build_validation_set(split, "simple", 64, seed=0)
+    assert val.images.shape == (6, 3, 64, 64) and val.images.dtype == torch.uint8
+    assert val.labels.tolist() == [0, 0, 1, 1, 1, 1]
+    assert not val.masks[:2].any() and all(m.any() for m in val.masks[2:])
+    # Simple defects are black rectangles: exactly the masked pixels are zero.
+    for img, mask in zip(val.images[2:], val.masks[2:], strict=True):
+        assert (img.numpy().max(axis=0) == 0)[mask].all()
+
+
+def test_selection_picks_the_informative_node_and_resumes(tmp_path: Path) -> None:
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    cfg = SweepConfig(
+        backbone="twin_test", weights="random", nodes=["all"], detector="patchcore",
+        detector_params={"coreset_size": 50}, image_size=64, batch_size=8,
+    )
+    out = tmp_path / "sel"
+    result = select_features(train, cfg, out, defects="simple")
+    assert result.node == "informative"
+    with open(out / "nodes.csv") as handle:
+        rows = {r["node"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"informative", "blind", "add"}
+    assert float(rows["informative"]["p_h"]) > float(rows["blind"]["p_h"]) + 0.2
+    assert float(rows["blind"]["image_auroc"]) == 0.5
+    assert rows["add"]["same_as"] == "informative"
+    assert json.loads((out / "selected.json").read_text())["node"] == "informative"
+    # Resuming finds every node done: nothing is recomputed or appended twice.
+    select_features(train, cfg, out, defects="simple")
+    with open(out / "nodes.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    with pytest.raises(Exception, match="other settings"):
+        select_features(train, SweepConfig(**{**cfg.__dict__, "image_size": 96}), out, defects="simple")
+
+
+def test_choose_orders_by_criterion() -> None:
+    rows = [
+        {"node": "a", "p_h": "0.6", "image_auroc": "0.9"},
+        {"node": "b", "p_h": "0.8", "image_auroc": "0.7"},
+        {"node": "c", "p_h": "", "image_auroc": "0.8"},
+    ]
+    assert choose(rows, "p_h").node == "b"
+    assert choose(rows, "p_cls").node == "a"
+    assert [r["node"] for r in choose(rows, "p_cls", top_k=2).top] == ["a", "c"]
+    assert np.isclose(choose(rows).value, 0.8)
