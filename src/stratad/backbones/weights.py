@@ -91,7 +91,8 @@ def _clean_state_dict(raw: Any, path: Path) -> StateDict:
 def load_strict(model: nn.Module, state: StateDict, backbone_name: str, origin: Path) -> None:
     """``load_state_dict(strict=True)`` with a message that names the first mismatched keys."""
     expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
+    # BatchNorm fills a missing num_batches_tracked itself (files from before torch 0.4.1 lack it).
+    missing = [key for key in expected if key not in state and not key.endswith(".num_batches_tracked")]
     unexpected = [key for key in state if key not in expected]
     mismatched = [
         f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"

@@ -47,8 +47,15 @@ class PatchCore(Detector):
     name = "patchcore"
     config_class = PatchCoreConfig
     localizes = True
+    # The paper's rule for ResNets (layer2 + layer3: the last stage at stride 8 and the last at
+    # stride 16), transferred to EfficientNet-Lite by stride.
     default_nodes = MappingProxyType(
-        {"efficientnet_lite0": ("blocks.2", "blocks.3"), "*": ("layer2", "layer3")}
+        {
+            "efficientnet_lite0": ("blocks.2", "blocks.4"),
+            "efficientnet_lite1": ("blocks.2", "blocks.4"),
+            "efficientnet_lite2": ("blocks.2", "blocks.4"),
+            "*": ("layer2", "layer3"),
+        }
     )
 
     config: PatchCoreConfig
