@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import stratad  # noqa: F401  (thread settings before torch)
 import torch
 
+import stratad  # noqa: F401  (thread settings before torch)
 from stratad.data import load_dataset
 from stratad.pipeline import Pipeline
 
@@ -37,7 +37,9 @@ def run(nodes: list[str], n_train: int, n_predict: int, coreset: int, image_size
     split = load_dataset(MTD, "mtd")
     train = split.train[:n_train]
     test = split.test[:n_predict]
-    pipe = Pipeline("efficientnet_lite0", nodes, "patchcore", image_size, detector_params={"coreset_size": coreset})
+    pipe = Pipeline(
+        "efficientnet_lite0", nodes, "patchcore", image_size, detector_params={"coreset_size": coreset}
+    )
     pipe.prepare()
     # Warm-up (first-call allocations, page cache of the images) is not part of either timing.
     pipe.extract(train[:4])
@@ -71,7 +73,8 @@ def main() -> None:
     if not (MTD / "MT_Free").is_dir():
         sys.exit(f"benchmark needs the MTD dataset at {MTD}")
     results = [
-        run(s.split(","), args.n_train, args.n_predict, args.coreset, args.image_size) for s in args.nodes.split(";")
+        run(s.split(","), args.n_train, args.n_predict, args.coreset, args.image_size)
+        for s in args.nodes.split(";")
     ]
     payload = {
         "benchmark": "patchcore_mtd",

@@ -52,21 +52,33 @@ print(json.dumps({"extract_images_per_s": round(extract, 2), "knn_ms_per_image":
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "threads.json")
     args = parser.parse_args()
     results = []
     for policy in ("PASSIVE", "ACTIVE"):
         for threads in (1, 2):
             env = {**os.environ, "OMP_WAIT_POLICY": policy}
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(threads)], env=env, capture_output=True,
-                                  text=True, check=True)
-            row = {"omp_wait_policy": policy, "threads": threads, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, str(threads)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            row = {
+                "omp_wait_policy": policy,
+                "threads": threads,
+                **json.loads(proc.stdout.strip().splitlines()[-1]),
+            }
             print(json.dumps(row), flush=True)
             results.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "threads", "cpu_count": os.cpu_count(), "results": results},
-                                   indent=2))
+    args.out.write_text(
+        json.dumps({"benchmark": "threads", "cpu_count": os.cpu_count(), "results": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import stratad  # noqa: F401  (thread settings before torch)
 import numpy as np
 
+import stratad  # noqa: F401  (thread settings before torch)
 from stratad.backbones import resolve_nodes
 from stratad.data import load_dataset
-from stratad.detectors import build_detector
+from stratad.detectors.base import build_seeded_detector
 from stratad.evaluation import metrics_for
 from stratad.features import FeatureBatch
 from stratad.pipeline import Pipeline, Prediction
@@ -35,7 +35,9 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--detector", default="patchcore")
     parser.add_argument("--node-sets", default="blocks.1;blocks.2;blocks.3;blocks.4;blocks.2,blocks.3")
     parser.add_argument("-p", "--param", action="append", default=[], help="detector option key=value")
@@ -50,8 +52,14 @@ def main() -> None:
     split = load_dataset(args.data, "mtd", seed=args.seed)
     params = parse_params(args.param)
     node_sets = [s.split(",") for s in args.node_sets.split(";")]
-    pipe = Pipeline(args.backbone, sorted({n for s in node_sets for n in s}), args.detector, args.image_size,
-                    detector_params=params, seed=args.seed)
+    pipe = Pipeline(
+        args.backbone,
+        sorted({n for s in node_sets for n in s}),
+        args.detector,
+        args.image_size,
+        detector_params=params,
+        seed=args.seed,
+    )
     backbone = pipe.backbone
     resolved_sets = [resolve_nodes(backbone, s) for s in node_sets]
     pipe.prepare()
@@ -67,8 +75,7 @@ def main() -> None:
     extract_test_s = time.perf_counter() - t1
     results = []
     for requested, nodes in zip(node_sets, resolved_sets, strict=True):
-        det = build_detector(args.detector, **{"seed": args.seed, **params}) if "seed" in build_detector(
-            args.detector).config.__dataclass_fields__ else build_detector(args.detector, **params)
+        det = build_seeded_detector(args.detector, params, args.seed)
         t2 = time.perf_counter()
         det.fit(train.select(nodes))
         fit_s = time.perf_counter() - t2
@@ -80,17 +87,33 @@ def main() -> None:
             if out.maps is not None:
                 maps.append(pipe.postprocess_maps(out.maps))
         score_s = time.perf_counter() - t3
-        pred = Prediction([r.path for r in split.test], np.concatenate(scores), np.concatenate(maps) if maps else None,
-                          sizes)
+        pred = Prediction(
+            [r.path for r in split.test],
+            np.concatenate(scores),
+            np.concatenate(maps) if maps else None,
+            sizes,
+        )
         metrics = metrics_for(split.test, pred)
-        row = {"requested": requested, "nodes": nodes, **metrics, "detector_fit_s": round(fit_s, 2),
-               "detector_score_s": round(score_s, 2)}
+        row = {
+            "requested": requested,
+            "nodes": nodes,
+            **metrics,
+            "detector_fit_s": round(fit_s, 2),
+            "detector_score_s": round(score_s, 2),
+        }
         print(json.dumps(row))
         results.append(row)
     payload = {
-        "dataset": split.name, "backbone": args.backbone, "image_size": args.image_size, "detector": args.detector,
-        "params": params, "n_train": len(split.train), "n_test": len(split.test),
-        "extract_train_s": round(extract_train_s, 2), "extract_test_s": round(extract_test_s, 2), "results": results,
+        "dataset": split.name,
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "detector": args.detector,
+        "params": params,
+        "n_train": len(split.train),
+        "n_test": len(split.test),
+        "extract_train_s": round(extract_train_s, 2),
+        "extract_test_s": round(extract_test_s, 2),
+        "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2))

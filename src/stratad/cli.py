@@ -95,6 +95,10 @@ def fit(
     image_size: Annotated[int, typer.Option(help="square network input size in pixels")] = 256,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    patch_size: Annotated[
+        int, typer.Option(help="encode every patch of this size on its own (DS2 / CutPaste GDE: 32); 0 = off")
+    ] = 0,
+    patch_stride: Annotated[int, typer.Option(help="stride between patches when --patch-size > 0")] = 4,
     seed: SeedOpt = 0,
     train_fraction: FractionOpt = None,
     progress: ProgressOpt = True,
@@ -113,6 +117,8 @@ def fit(
         seed,
         batch_size=batch_size,
         device=device,
+        patch_size=patch_size,
+        patch_stride=patch_stride,
     )
     pipe.prepare()
     console.print(

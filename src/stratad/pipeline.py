@@ -21,7 +21,7 @@ from stratad.data.datasets import ImageRecord
 from stratad.data.io import load_image
 from stratad.detectors.base import (
     Detector,
-    build_detector,
+    build_seeded_detector,
     config_to_dict,
     detector_class,
     detector_from_state,
@@ -47,6 +47,10 @@ class PipelineConfig:
     smoothing_sigma: float = 4.0
     batch_size: int = 16
     device: str = "cpu"
+    #: > 0: encode every patch_size x patch_size patch at patch_stride on its own (the patch-level
+    #: GDE protocol of CutPaste / DS2) instead of the whole image in one pass
+    patch_size: int = 0
+    patch_stride: int = 4
 
 
 @dataclass
@@ -103,11 +107,17 @@ class Pipeline:
         smoothing_sigma: float = 4.0,
         batch_size: int = 16,
         device: str = "cpu",
+        patch_size: int = 0,
+        patch_stride: int = 4,
     ) -> None:
         if image_size < 32:
             raise StratadError(f"image size must be at least 32 pixels, got {image_size}")
         if batch_size < 1:
             raise StratadError(f"batch size must be at least 1, got {batch_size}")
+        if patch_size and not 0 < patch_size <= image_size:
+            raise StratadError(f"patch size must lie in [1, {image_size}] (the image size), got {patch_size}")
+        if patch_stride < 1:
+            raise StratadError(f"patch stride must be at least 1, got {patch_stride}")
         requested = [nodes] if isinstance(nodes, str) else list(nodes or [])
         self.config = PipelineConfig(
             backbone,
@@ -120,14 +130,11 @@ class Pipeline:
             smoothing_sigma,
             batch_size,
             device,
+            patch_size,
+            patch_stride,
         )
         # Validate the detector name and options now, before any expensive work.
-        self.detector: Detector = build_detector(detector, **self.config.detector_params)
-        if (
-            "seed" in {f for f in self.detector.config.__dataclass_fields__}
-            and "seed" not in self.config.detector_params
-        ):
-            self.detector = build_detector(detector, **{**self.config.detector_params, "seed": seed})
+        self.detector: Detector = build_seeded_detector(detector, self.config.detector_params, seed)
         self._extractor: Any = None
         self._backbone: Any = None
         self.fitted_ = False
@@ -187,7 +194,14 @@ class Pipeline:
         extractor = self.extractor
         size = (self.config.image_size, self.config.image_size)
         for images, sizes in self._batches(items):
-            feats = extractor(images)
+            if self.config.patch_size:
+                from stratad.features.patches import extract_patch_features
+
+                feats = extract_patch_features(
+                    extractor, images, self.config.patch_size, self.config.patch_stride
+                )
+            else:
+                feats = extractor(images)
             yield FeatureBatch({n: feats[n] for n in self.config.nodes}, size), sizes
             if progress is not None:
                 progress(len(sizes))
@@ -239,7 +253,14 @@ class Pipeline:
         )
 
     def postprocess_maps(self, maps: np.ndarray) -> np.ndarray:
-        return postprocess_maps(maps, self.config.image_size, self.config.smoothing_sigma)
+        c = self.config
+        if c.patch_size:
+            from stratad.features.patches import patch_scores_to_image
+
+            grid = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
+            size = (c.image_size, c.image_size)
+            return patch_scores_to_image(grid, c.patch_size, c.patch_stride, c.smoothing_sigma, size).numpy()
+        return postprocess_maps(maps, c.image_size, c.smoothing_sigma)
 
     # -- persistence --
     def save(self, path: PathLike) -> None:

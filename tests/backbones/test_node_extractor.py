@@ -81,3 +81,19 @@ def test_bad_images_are_rejected(resnet18: Backbone) -> None:
         extractor(torch.rand(3, 32, 32))
     with pytest.raises(ValueError, match="255"):
         extractor(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_extractor_exports_with_torch_export(resnet18: Backbone) -> None:
+    # torch.export is what the ONNX exporter builds on: the extractor must stay a plain module.
+    extractor = NodeExtractor(resnet18, ["layer1", "layer2"])
+    images = torch.rand(1, 3, 32, 32)
+    exported = torch.export.export(extractor, (images,)).module()
+    expected = extractor(images)
+    for node, features in exported(images).items():
+        torch.testing.assert_close(features, expected[node])
+
+
+def test_extract_with_progress(resnet18: Backbone) -> None:
+    extractor = NodeExtractor(resnet18, "layer1")
+    features = extractor.extract(torch.rand(3, 3, 32, 32), batch_size=2, progress=True)
+    assert features["layer1.1.relu_1"].shape == (3, 64, 8, 8)

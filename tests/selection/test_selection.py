@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.conftest import make_mvtec
 from torch import nn
 
 from stratad.backbones import list_backbones, register_backbone
@@ -16,7 +17,6 @@ from stratad.backbones.registry import Backbone, BackboneSource, WeightSource
 from stratad.data import load_dataset
 from stratad.errors import DataError
 from stratad.selection import SweepConfig, build_validation_set, choose, select_features, selection_split
-from tests.conftest import make_mvtec
 
 
 class Twin(nn.Module):
@@ -37,7 +37,9 @@ if "twin_test" not in list_backbones():
 
     @register_backbone("twin_test")
     def twin_test(weights: WeightSource) -> Backbone:
-        return Backbone("twin_test", Twin(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", BackboneSource.TORCHVISION)
+        return Backbone(
+            "twin_test", Twin(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", BackboneSource.TORCHVISION
+        )
 
 
 def test_split_is_disjoint_and_deterministic(tmp_path: Path) -> None:
@@ -66,8 +68,13 @@ def test_validation_set_masks_are_exact(tmp_path: Path) -> None:
 def test_selection_picks_the_informative_node_and_resumes(tmp_path: Path) -> None:
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
     cfg = SweepConfig(
-        backbone="twin_test", weights="random", nodes=["all"], detector="patchcore",
-        detector_params={"coreset_size": 50}, image_size=64, batch_size=8,
+        backbone="twin_test",
+        weights="random",
+        nodes=["all"],
+        detector="patchcore",
+        detector_params={"coreset_size": 50},
+        image_size=64,
+        batch_size=8,
     )
     out = tmp_path / "sel"
     result = select_features(train, cfg, out, defects="simple")

@@ -27,7 +27,8 @@ class NodeExtractor(nn.Module):
     under ``torch.inference_mode`` (skipped while tracing / exporting), and with ``channels_last``
     model and input use that memory format, which makes CPU convolutions markedly faster. The
     backbone stays frozen in eval mode: ``train()`` never switches BatchNorm to batch statistics.
-    The wrapped modules are the backbone's own (moved to ``device``), not copies.
+    The wrapped modules are the backbone's own, not copies: ``backbone.model`` is moved to
+    ``device`` (and to channels-last), which changes nothing in its results.
     """
 
     mean: torch.Tensor
@@ -47,10 +48,12 @@ class NodeExtractor(nn.Module):
         self.device = torch.device(device)
         self.output_device = None if output_device is None else torch.device(output_device)
         self.channels_last = channels_last
-        self.graph_module = build_graph_module(backbone, self.nodes)
-        self.graph_module.to(self.device)
+        # The whole model moves, not just the modules the pruned graph uses, so that the backbone
+        # stays on one device for everything else (node listing, receptive fields).
+        backbone.model.to(self.device)
         if channels_last:
-            self.graph_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            backbone.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.graph_module = build_graph_module(backbone, self.nodes)
         self.register_buffer("mean", torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1))
         self.eval()

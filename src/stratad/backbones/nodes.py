@@ -133,11 +133,14 @@ def protect_outputs(module: fx.GraphModule) -> None:
         if graph is not None
     }
     for graph in graphs.values():
-        output = next(node for node in graph.nodes if node.op == "output")
+        order = list(graph.nodes)
+        output = order[-1]
         returned = dict(output.args[0])  # type: ignore[call-overload]
         for key, node in returned.items():
-            if node.op == "placeholder" or all(user is output for user in node.users):
-                continue  # nothing runs after it that could overwrite it
+            # Checking the node's own users is not enough: an alias of it (an Identity node's
+            # output is the same tensor) may be overwritten later. Only the last node is safe.
+            if node.op == "placeholder" or node is order[-2]:
+                continue
             with graph.inserting_after(node):
                 snapshot = graph.call_method("clone", (node,))
             snapshot.meta[_PROTECTED] = node

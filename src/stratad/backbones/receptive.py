@@ -60,10 +60,10 @@ def effective_receptive_field(
         outputs = module(inputs)
         # Identity nodes (timm's ``aa``, ``se``, ``drop_path`` in eval mode) return their input
         # tensor itself: one backward serves all nodes sharing an output.
-        first_with_output: dict[int, str] = {}
+        first_with_source: dict[object, str] = {}
         for index, name in enumerate(names):
             output = outputs[name]
-            shared = first_with_output.setdefault(id(output), name)
+            shared = first_with_source.setdefault(_autograd_source(output), name)
             if shared != name:
                 maps[name] = maps[shared]
                 continue
@@ -77,6 +77,17 @@ def effective_receptive_field(
             (gradient,) = torch.autograd.grad(objective, inputs, retain_graph=index < len(names) - 1)
             maps[name] = gradient.abs().mean(dim=(0, 1)).detach().cpu()
     return maps
+
+
+def _autograd_source(output: torch.Tensor) -> object:
+    """What produced ``output`` in the autograd graph, looking through the snapshot ``clone`` that
+    protects returned nodes: equal for nodes that return the very same tensor."""
+    function = output.grad_fn
+    if function is None:
+        return id(output)
+    if type(function).__name__ == "CloneBackward0" and function.next_functions:
+        return function.next_functions[0]
+    return (function, output.output_nr)
 
 
 def receptive_field_size(erf_map: torch.Tensor, mass_fraction: float = 0.95) -> float:

@@ -136,6 +136,14 @@ def build_detector(name: str, **params: Any) -> Detector:
     return detector_class(name)(**params)
 
 
+def build_seeded_detector(name: str, params: Mapping[str, Any], seed: int) -> Detector:
+    """Build a detector, passing the run's ``seed`` to detectors that draw random numbers unless the
+    user set their ``seed`` option explicitly."""
+    cls = detector_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    return cls(**({"seed": seed, **params} if "seed" in fields else dict(params)))
+
+
 def detector_from_state(name: str, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> Detector:
     cls = detector_class(name)
     det = cls(cls.config_class(**coerce_params(cls.config_class, dict(config))))

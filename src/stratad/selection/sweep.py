@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stratad.detectors.base import build_detector
+from stratad.detectors.base import build_detector, build_seeded_detector
 from stratad.errors import StratadError
 from stratad.features.types import FeatureBatch
 from stratad.pipeline import postprocess_maps, resize_map
@@ -132,10 +132,7 @@ def _score_node(node: str) -> dict[str, Any]:
     train = _SHARED["train"][node]
     test = _SHARED["test"][node]
     size = (cfg.image_size, cfg.image_size)
-    params = dict(cfg.detector_params)
-    det = build_detector(cfg.detector, **params)
-    if "seed" in det.config.__dataclass_fields__ and "seed" not in params:
-        det = build_detector(cfg.detector, **{**params, "seed": cfg.seed})
+    det = build_seeded_detector(cfg.detector, cfg.detector_params, cfg.seed)
     t0 = time.perf_counter()
     det.fit(FeatureBatch({node: train.float()}, size))
     t1 = time.perf_counter()
