@@ -16,6 +16,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, soft_wrap=True)
+#: results (tables) go to standard output so they can be piped; progress and notes to stderr
+results = Console(width=160)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from stratad._progress import console, count_progress, progress_bar
+from stratad._progress import console, count_progress, progress_bar, results
 from stratad.errors import StratadError
 
 app = typer.Typer(
@@ -217,7 +217,7 @@ def print_metrics(result: dict[str, Any]) -> None:
             table.add_row(key, f"{result[key]:.4f}")
     table.add_row("test images", str(result.get("n_test_images")))
     table.add_row("images / s", f"{result.get('predict_images_per_second', 0):.1f}")
-    console.print(table)
+    results.print(table)
     if not result.get("localizes", True):
         console.print("this detector scores whole images only: no pixel AUROC / AU-PRO (no anomaly map)")
 
@@ -240,7 +240,7 @@ def nodes(
         table.add_column(col, justify="left" if col == "node" else "right")
     for info in infos:
         table.add_row(info.name, str(info.channels), str(info.height), str(info.width), f"{info.stride:g}")
-    console.print(table)
+    results.print(table)
 
 
 @app.command()
@@ -255,16 +255,14 @@ def backbones() -> None:
 @app.command()
 def detectors() -> None:
     """List the registered detectors and their options."""
-    import dataclasses
-
     from stratad.detectors import detector_class, list_detectors
+    from stratad.detectors.base import config_to_dict
 
     for name in list_detectors():
         cls = detector_class(name)
-        opts = ", ".join(
-            f"{f.name}={getattr(cls.config_class(), f.name)!r}" for f in dataclasses.fields(cls.config_class)
-        )
-        print(f"{name}: {opts}")
+        opts = ", ".join(f"{k}={v}" for k, v in config_to_dict(cls.config_class()).items())
+        where = "image + pixel" if cls.localizes else "image only"
+        print(f"{name} ({where}): {opts}")
 
 
 def _sweep_config(
@@ -393,7 +391,7 @@ def select(
         table.add_row(
             *(str(row.get(c, "")) for c in ("node", "relative_rf", "image_auroc", "aupro_30", "p_h"))
         )
-    console.print(table)
+    results.print(table)
     console.print(
         f"selected {result.node} ({result.criterion} = {result.value:.4f}) -> {out / 'selected.json'}"
     )
@@ -536,7 +534,7 @@ def receptive_field(
     table.add_column("relative RF", justify="right")
     for name, value in rrf.items():
         table.add_row(name, f"{value:.3f}")
-    console.print(table)
+    results.print(table)
     if csv_out is not None:
         lines = ["node,relative_rf"] + [f"{k},{v:.6f}" for k, v in rrf.items()]
         csv_out.write_text("\n".join(lines) + "\n")
@@ -564,13 +562,13 @@ def demo(
     """Offline demo: EfficientNet-Lite0 (ImageNet) + PatchCore on scikit-image textures, pasted defects."""
     from stratad.demo import run_demo
 
-    results = run_demo(out, progress=progress)
+    by_texture = run_demo(out, progress=progress)
     table = Table(title="demo: PatchCore on scikit-image textures")
     for col in ("texture", "image_auroc", "pixel_auroc", "aupro_30", "p_h"):
         table.add_column(col)
-    for name, r in results.items():
+    for name, r in by_texture.items():
         table.add_row(name, *(f"{r[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro_30", "p_h")))
-    console.print(table)
+    results.print(table)
     console.print(f"overlays and metrics.json in {out}")
 
 
