@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import stratad  # noqa: F401  (thread settings before torch)
 import numpy as np
 
+import stratad  # noqa: F401  (thread settings before torch)
 from stratad.data import load_dataset
 from stratad.evaluation import evaluate_pipeline
 from stratad.metrics import sigma_to_fpr

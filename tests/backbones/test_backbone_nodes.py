@@ -53,3 +53,9 @@ def test_unknown_node_suggests_close_names(resnet18: Backbone) -> None:
         resolve_nodes(resnet18, "blocks.*")
     with pytest.raises(NodeError, match="no node requested"):
         resolve_nodes(resnet18, [])
+
+
+def test_module_inside_a_leaf_names_the_leaf(lite0_random: Backbone) -> None:
+    # timm's BatchNormAct2d is traced as one node, so its activation has no node of its own
+    with pytest.raises(NodeError, match=r"inside the node 'bn1'"):
+        resolve_nodes(lite0_random, "bn1.act")

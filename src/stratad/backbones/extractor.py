@@ -25,10 +25,12 @@ class NodeExtractor(nn.Module):
 
     The fx graph keeps only what the requested nodes need (dead-code elimination), the forward runs
     under ``torch.inference_mode`` (skipped while tracing / exporting), and with ``channels_last``
-    model and input use that memory format, which makes CPU convolutions markedly faster. The
-    backbone stays frozen in eval mode: ``train()`` never switches BatchNorm to batch statistics.
+    model and input use that memory format, which makes CPU convolutions faster. The backbone
+    stays frozen in eval mode: ``train()`` never switches BatchNorm to batch statistics.
+
     The wrapped modules are the backbone's own, not copies: ``backbone.model`` is moved to
-    ``device`` (and to channels-last), which changes nothing in its results.
+    ``device`` and to the requested memory format (its results do not change), so extractors that
+    share one backbone should agree on ``device`` and ``channels_last``.
     """
 
     mean: torch.Tensor
@@ -50,9 +52,8 @@ class NodeExtractor(nn.Module):
         self.channels_last = channels_last
         # The whole model moves, not just the modules the pruned graph uses, so that the backbone
         # stays on one device for everything else (node listing, receptive fields).
-        backbone.model.to(self.device)
-        if channels_last:
-            backbone.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        backbone.model.to(self.device, memory_format=memory_format)  # type: ignore[call-overload]
         self.graph_module = build_graph_module(backbone, self.nodes)
         self.register_buffer("mean", torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1))

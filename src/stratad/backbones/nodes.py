@@ -125,7 +125,8 @@ def protect_outputs(module: fx.GraphModule) -> None:
     ``F.relu(..., inplace=True)``, in-place activations that leaf modules apply): the tensor returned
     for the BatchNorm node would silently hold the ReLU's output, and gradients taken from it would
     be wrong. A ``clone`` costs one copy per returned node, far less than making the model's
-    operations out-of-place (measured ~25 % slower on the CPU), and needs no list of in-place ops.
+    operations out-of-place (measured 5 % slower for ResNet-50 and 30 % for EfficientNet-Lite0 on
+    the CPU), and needs no list of in-place operations.
     """
     graphs = {
         id(graph): graph
@@ -238,6 +239,8 @@ def resolve_nodes(backbone: Backbone, requested: str | Sequence[str]) -> list[st
             inside = [position[name] for name in names if name.startswith(item + ".")]
             if item in modules and inside:
                 selected.add(max(inside))
+            elif item in modules:
+                raise _inside_leaf(backbone, item, names)
             else:
                 raise _unknown_node(backbone, item, names + modules)
     return [names[index] for index in sorted(selected)]
@@ -254,3 +257,17 @@ def _unknown_node(backbone: Backbone, item: str, candidates: list[str]) -> NodeE
         f"did you mean {', '.join(close)}?" if close else f"run `stratad nodes {backbone.name}` to list them."
     )
     return NodeError(f"{backbone.name} has no node or module {item!r}; {hint}")
+
+
+def _inside_leaf(backbone: Backbone, item: str, names: list[str]) -> NodeError:
+    leaves = [name for name in names if item.startswith(name + ".")]
+    if leaves:
+        leaf = max(leaves, key=len)
+        return NodeError(
+            f"the module {item!r} of {backbone.name} runs inside the node {leaf!r}, which torch.fx "
+            f"does not trace into; request {leaf!r} instead."
+        )
+    return NodeError(
+        f"the module {item!r} of {backbone.name} is not used by its eval-mode graph; "
+        f"run `stratad nodes {backbone.name}` to list the nodes."
+    )
