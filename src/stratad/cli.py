@@ -461,6 +461,7 @@ def sweep(
         seed,
         device,
     )
+    cfg.label = split.name
     relative_rf = _rf_for(cfg, rf)
     with progress_bar("loading images", len(split.train) + len(split.test), progress) as advance:
         train_images = load_uint8_images(split.train, image_size, advance)
@@ -473,6 +474,31 @@ def sweep(
         rows = run_sweep(cfg, train_images, EvalSet(test_images, labels, masks), out, update, relative_rf)
     best = max(rows, key=lambda r: float(r["p_h"] or r["image_auroc"] or 0))
     console.print(f"{len(rows)} nodes -> {out / 'nodes.csv'}; best {best['node']} (p_h {best['p_h']})")
+
+
+@app.command()
+def analyze(
+    sweeps: Annotated[
+        list[Path], typer.Argument(help="sweep folders written by `stratad sweep` (nodes.csv)")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for oracle.json and PNG plots")],
+    metric: Annotated[str, typer.Option(help="column to analyse: p_h, image_auroc, aupro_30, ...")] = "p_h",
+) -> None:
+    """Oracle selection functions and plots over real-test sweeps (categories x backbones x sizes)."""
+    from stratad.report.plots import best_node_histogram, performance_vs_receptive_field
+    from stratad.selection.oracle import best_node_counts, load_sweep_rows, oracle_table
+
+    rows = load_sweep_rows(sweeps, metric)
+    table = oracle_table(rows, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(table, indent=2)
+    from stratad.export.io import atomic_write
+
+    atomic_write(out / "oracle.json", lambda tmp: Path(tmp).write_text(text))
+    performance_vs_receptive_field(rows, out / "performance_vs_rf.png", metric)
+    best_node_histogram(best_node_counts(rows, metric), out / "best_nodes.png")
+    results.print_json(text)
+    console.print(f"oracle.json, performance_vs_rf.png, best_nodes.png -> {out}")
 
 
 @app.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
@@ -96,3 +97,33 @@ def oracle_table(rows: Sequence[Row], metric: str = "p_h") -> dict[str, Any]:
         },
         "best_size_and_node_per_category": best_size_and_node_per_category(rows, metric),
     }
+
+
+def load_sweep_rows(folders: Sequence[Path], metric: str = "p_h") -> list[Row]:
+    """Rows of several sweep folders, tagged with category (the sweep's label), backbone and size."""
+    import csv
+    import json
+
+    from stratad.errors import StratadError
+
+    rows: list[Row] = []
+    for folder in folders:
+        nodes_csv, stamp = folder / "nodes.csv", folder / "sweep.json"
+        if not nodes_csv.is_file() or not stamp.is_file():
+            raise StratadError(f"{folder} is not a sweep folder (needs nodes.csv and sweep.json)")
+        info = json.loads(stamp.read_text())
+        with open(nodes_csv, newline="") as handle:
+            for r in csv.DictReader(handle):
+                if r.get(metric) in (None, ""):
+                    continue
+                rows.append(
+                    {
+                        **r,
+                        "category": info.get("label") or folder.name,
+                        "backbone": info["backbone"],
+                        "image_size": int(info["image_size"]),
+                    }
+                )
+    if not rows:
+        raise StratadError(f"no sweep rows with a {metric} value in {', '.join(map(str, folders))}")
+    return rows

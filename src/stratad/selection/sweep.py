@@ -66,6 +66,8 @@ class SweepConfig:
     smoothing_sigma: float = 4.0
     fpr_limit: float = 0.3
     device: str = "cpu"
+    #: what was swept (dataset / category), carried into sweep.json for `stratad analyze`
+    label: str = ""
 
 
 @dataclass
