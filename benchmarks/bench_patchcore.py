@@ -64,7 +64,7 @@ def run(nodes: list[str], n_train: int, n_predict: int, coreset: int, image_size
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "patchcore_mtd.json")
-    parser.add_argument("--nodes", default="blocks.3;blocks.2,blocks.3", help="';'-separated node sets")
+    parser.add_argument("--nodes", default="blocks.4;blocks.2,blocks.4", help="';'-separated node sets")
     parser.add_argument("--n-train", type=int, default=209)
     parser.add_argument("--n-predict", type=int, default=200)
     parser.add_argument("--coreset", type=int, default=1000)
