@@ -104,3 +104,24 @@ def test_choose_orders_by_criterion() -> None:
     assert choose(rows, "p_cls").node == "a"
     assert [r["node"] for r in choose(rows, "p_cls", top_k=2).top] == ["a", "c"]
     assert np.isclose(choose(rows).value, 0.8)
+
+
+def test_parallel_workers_give_identical_results(tmp_path: Path) -> None:
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    base = {
+        "backbone": "twin_test",
+        "weights": "random",
+        "nodes": ["all"],
+        "detector": "patchcore",
+        "detector_params": {"coreset_size": 50},
+        "image_size": 64,
+        "batch_size": 8,
+    }
+    serial = select_features(train, SweepConfig(**base, workers=1), tmp_path / "serial", defects="cutpaste")
+    parallel = select_features(
+        train, SweepConfig(**base, workers=2), tmp_path / "parallel", defects="cutpaste"
+    )
+    columns = ("node", "image_auroc", "aupro_30", "p_h")
+    assert [[r[c] for c in columns] for r in serial.table] == [
+        [r[c] for c in columns] for r in parallel.table
+    ]

@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import types
-import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
+from stratad._options import coerce_options
 from stratad.errors import DetectorError
 from stratad.features.types import FeatureBatch
 
@@ -161,68 +160,8 @@ def config_to_dict(config: DetectorConfig) -> dict[str, Any]:
 
 
 def coerce_params(config_class: type[DetectorConfig], params: Mapping[str, Any]) -> dict[str, Any]:
-    hints = typing.get_type_hints(config_class)
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            raise DetectorError(
-                f"unknown option {key!r} for this detector; options: {', '.join(sorted(fields))}"
-            )
-        out[name] = _coerce(hints[name], value, name)
-    return out
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))
-        if is_none and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, name)
-            except DetectorError:
-                continue
-        raise DetectorError(f"option {name}: cannot use {value!r}")
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        inner = args[0] if args else str
-        return tuple(_coerce(inner, v.strip() if isinstance(v, str) else v, name) for v in items)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value.value if isinstance(value, enum.Enum) else value)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in tp)
-            raise DetectorError(f"option {name}: {value!r} is not one of {choices}") from None
-    converters: dict[Any, Callable[[Any], Any]] = {int: _to_int, float: float, str: str, bool: _to_bool}
-    if tp in converters:
-        try:
-            return converters[tp](value)
-        except (TypeError, ValueError):
-            raise DetectorError(f"option {name}: {value!r} is not a valid {tp.__name__}") from None
-    return value
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(value)
-    return int(value)
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
+    name = next((n for n, c in _REGISTRY.items() if c.config_class is config_class), "this")
+    return coerce_options(config_class, params, DetectorError, f"the {name} detector")
 
 
 def dumps_config(config: DetectorConfig) -> str:

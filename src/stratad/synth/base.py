@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import types
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from stratad._options import coerce_options
 from stratad.errors import DataError
 
 
@@ -161,72 +160,7 @@ def build_defect(
     return defect_class(kind)(config, **params)
 
 
-# -- hyper-parameter coercion: CLI strings and JSON values -> typed dataclass fields --
 def coerce_params(
     config_class: type[DefectConfig], params: Mapping[str, Any], kind: DefectKind
 ) -> dict[str, Any]:
-    hints = typing.get_type_hints(config_class)
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            raise DataError(
-                f"unknown option {key!r} for the {kind.value} defect; options: {', '.join(sorted(fields))}"
-            )
-        out[name] = _coerce(hints[name], value, name)
-    return out
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", ""))
-        if is_none and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, name)
-            except DataError:
-                pass
-        raise DataError(f"option {name}: cannot use {value!r}")
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise DataError(f"option {name}: {value!r} is not a sequence like '0.1,0.3'")
-        inner = args[0] if args else str
-        return tuple(_coerce(inner, v.strip() if isinstance(v, str) else v, name) for v in items)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value.value if isinstance(value, enum.Enum) else value)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in tp)
-            raise DataError(f"option {name}: {value!r} is not one of {choices}") from None
-    if tp is bool:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise DataError(f"option {name}: {value!r} is not a valid bool")
-    if tp is int:
-        try:
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, bool) or not float(number).is_integer():
-                raise ValueError(value)
-            return int(number)
-        except (TypeError, ValueError):
-            raise DataError(f"option {name}: {value!r} is not a valid int") from None
-    if tp is float:
-        try:
-            if isinstance(value, bool):
-                raise TypeError(value)
-            return float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"option {name}: {value!r} is not a valid float") from None
-    return value
+    return coerce_options(config_class, params, DataError, f"the {kind.value} defect")
