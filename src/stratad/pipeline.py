@@ -159,12 +159,23 @@ class Pipeline:
             if not chosen:
                 raise StratadError(f"the {self.config.detector} detector has no default nodes; pass --nodes")
             self.config.nodes = list(chosen)
+            self._defaulted = True
         return self.config.nodes
 
     def _resolve(self) -> None:
         from stratad.backbones import resolve_nodes
+        from stratad.errors import NodeError
 
-        self.config.nodes = resolve_nodes(self.backbone, self.nodes)
+        try:
+            self.config.nodes = resolve_nodes(self.backbone, self.nodes)
+        except NodeError:
+            if getattr(self, "_defaulted", False):
+                c = self.config
+                raise StratadError(
+                    f"the {c.detector} detector has no default nodes for {c.backbone}; pass --nodes "
+                    f"(see `stratad nodes {c.backbone}`)"
+                ) from None
+            raise
 
     def prepare(self) -> Pipeline:
         """Build the backbone and resolve the nodes now, so bad names fail before any long work."""

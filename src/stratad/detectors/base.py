@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,7 +161,3 @@ def config_to_dict(config: DetectorConfig) -> dict[str, Any]:
 def coerce_params(config_class: type[DetectorConfig], params: Mapping[str, Any]) -> dict[str, Any]:
     name = next((n for n, c in _REGISTRY.items() if c.config_class is config_class), "this")
     return coerce_options(config_class, params, DetectorError, f"the {name} detector")
-
-
-def dumps_config(config: DetectorConfig) -> str:
-    return json.dumps(config_to_dict(config), sort_keys=True)

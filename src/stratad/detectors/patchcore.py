@@ -54,6 +54,8 @@ class PatchCore(Detector):
             "efficientnet_lite0": ("blocks.2", "blocks.4"),
             "efficientnet_lite1": ("blocks.2", "blocks.4"),
             "efficientnet_lite2": ("blocks.2", "blocks.4"),
+            "densenet201": ("features.denseblock2", "features.denseblock3"),
+            **{f"efficientnet_b{i}": ("features.3", "features.5") for i in range(8)},
             "*": ("layer2", "layer3"),
         }
     )
