@@ -61,3 +61,26 @@ def test_bad_inputs_are_clear(tmp_path: Path, tiny_mvtec: Path) -> None:
         Pipeline.load(tmp_path / "junk.stratad")
     with pytest.raises(ModelFileError, match="not found"):
         Pipeline.load(tmp_path / "missing.stratad")
+
+
+def test_patch_mode_gde(tiny_mvtec: Path, tmp_path: Path) -> None:
+    # 64 px images, 32 px patches at stride 8: a 5 x 5 grid of separately encoded patches.
+    split = load_dataset(tiny_mvtec, "mvtec")
+    pipe = Pipeline(
+        "efficientnet_lite0", ["blocks.3"], "gde", 64, patch_size=32, patch_stride=8, batch_size=4
+    )
+    pred = pipe.fit(split.train).predict(split.test)
+    assert pred.maps is not None and pred.maps.shape == (8, 64, 64)
+    labels = np.array([r.label for r in split.test])
+    assert pred.image_scores[labels == 1].min() > pred.image_scores[labels == 0].max()
+    pipe.save(tmp_path / "gde.stratad")
+    again = Pipeline.load(tmp_path / "gde.stratad").predict(split.test)
+    np.testing.assert_array_equal(again.maps, pred.maps)
+    with pytest.raises(StratadError, match="patch size"):
+        Pipeline(image_size=64, patch_size=128)
+
+
+def test_default_nodes_per_detector_resolve() -> None:
+    for detector in ("patchcore", "padim", "gaussian", "dn2", "spade", "gde"):
+        pipe = Pipeline("efficientnet_lite0", None, detector, 64).prepare()
+        assert pipe.config.nodes, detector
