@@ -41,7 +41,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "spade": {"detector": "spade"},
     # 32 x 32 patches at stride 4 (57 x 57 per image), each encoded alone up to blocks.6 (320 channels;
     # the 1280-channel head would need ~10 GB for the 1.9 M training patches).
-    "gde_patch": {"detector": "gde", "nodes": ["blocks.6"], "patch_size": 32},
+    # Patch encoding costs ~1 s per image here, so the Gaussian is fitted on every 5th training image
+    # (114 images, 370k patches); all 773 test images are scored.
+    "gde_patch": {"detector": "gde", "nodes": ["blocks.6"], "patch_size": 32, "train_every": 5},
 }
 
 
@@ -55,11 +57,12 @@ def run_config(name: str, cfg: dict[str, Any], split: Any) -> dict[str, Any]:
         patch_size=cfg.get("patch_size", 0),
     )
     pipe.prepare()
+    train = split.train[:: cfg.get("train_every", 1)]
     t0 = time.perf_counter()
-    pipe.fit(split.train)
+    pipe.fit(train)
     fit_s = time.perf_counter() - t0
     metrics, pred = evaluate_pipeline(pipe, split.test)
-    row = {"config": name, "fit_seconds": round(fit_s, 2), **metrics}
+    row = {"config": name, "n_train": len(train), "fit_seconds": round(fit_s, 2), **metrics}
     if name == "gaussian_mvg_blocks6":
         row["chi2_working_points"] = chi2_working_points(pipe, split, pred.image_scores)
     return row
