@@ -99,3 +99,58 @@ def test_bad_input_is_one_line(tiny_mvtec: Path, tmp_path: Path) -> None:
     assert_clean_error(
         run("predict", "--model", str(model), str(tmp_path), "--out", str(tmp_path / "o")), "no images"
     )
+
+
+def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
+    from tests.conftest import make_mvtec
+
+    data = make_mvtec(tmp_path / "data", n_train=16)
+    common = ["--nodes", "blocks.1,blocks.2", "--image-size", "64", "-p", "coreset_size=50", "--no-progress"]
+    sel = run("select", "--data", str(data), "--defects", "cutpaste", "--out", str(tmp_path / "sel"), *common)
+    assert sel.returncode == 0, sel.stderr
+    chosen = json.loads((tmp_path / "sel" / "selected.json").read_text())["node"]
+    assert chosen in {"blocks.1.1.add", "blocks.2.1.add"}
+    assert (tmp_path / "sel" / "model.stratad").is_file()
+    assert (tmp_path / "sel" / "nodes.csv").read_text().count("\n") == 3
+    sw = run("sweep", "--data", str(data), "--out", str(tmp_path / "sweep"), "--no-rf", *common)
+    assert sw.returncode == 0, sw.stderr
+    an = run("analyze", str(tmp_path / "sweep"), "--out", str(tmp_path / "analysis"))
+    assert an.returncode == 0, an.stderr
+    oracle = json.loads((tmp_path / "analysis" / "oracle.json").read_text())
+    assert 0.0 <= oracle["random"] <= oracle["best_node"]["value"] <= 1.0
+    assert (tmp_path / "analysis" / "best_nodes.png").is_file()
+    syn = run(
+        "synth",
+        "--data",
+        str(data),
+        "--kind",
+        "nsa",
+        "--n",
+        "3",
+        "--image-size",
+        "64",
+        "--out",
+        str(tmp_path / "syn"),
+    )
+    assert syn.returncode == 0, syn.stderr
+    assert len(list((tmp_path / "syn" / "masks").glob("*.png"))) == 3
+    rf = run(
+        "rf",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--size",
+        "64",
+        "--nodes",
+        "layer1,layer3",
+        "--csv",
+        str(tmp_path / "rf.csv"),
+    )
+    assert rf.returncode == 0, rf.stderr
+    values = [float(line.split(",")[1]) for line in (tmp_path / "rf.csv").read_text().splitlines()[1:]]
+    assert len(values) == 2 and 0 < values[0] < values[1] <= 1
+    assert_clean_error(
+        run("select", "--data", str(data), "--defects", "scratches", "--out", str(tmp_path / "x")),
+        "scratches",
+    )
