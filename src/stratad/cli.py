@@ -99,6 +99,10 @@ def fit(
         int, typer.Option(help="encode every patch of this size on its own (DS2 / CutPaste GDE: 32); 0 = off")
     ] = 0,
     patch_stride: Annotated[int, typer.Option(help="stride between patches when --patch-size > 0")] = 4,
+    augment: Annotated[
+        str | None,
+        typer.Option(help="extra training copies: comma list of hflip, vflip, rot90, rot180, rot270, jitter"),
+    ] = None,
     seed: SeedOpt = 0,
     train_fraction: FractionOpt = None,
     progress: ProgressOpt = True,
@@ -119,6 +123,7 @@ def fit(
         device=device,
         patch_size=patch_size,
         patch_stride=patch_stride,
+        train_augmentations=parse_nodes(augment) or [],
     )
     pipe.prepare()
     console.print(

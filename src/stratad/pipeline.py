@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from stratad.data.augment import augmented_batch, parse_augmentations
 from stratad.data.datasets import ImageRecord
 from stratad.data.io import load_image
 from stratad.detectors.base import (
@@ -51,6 +52,8 @@ class PipelineConfig:
     #: GDE protocol of CutPaste / DS2) instead of the whole image in one pass
     patch_size: int = 0
     patch_stride: int = 4
+    #: extra transformed copies of the training images (hflip, vflip, rot90/180/270, jitter)
+    train_augmentations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +112,7 @@ class Pipeline:
         device: str = "cpu",
         patch_size: int = 0,
         patch_stride: int = 4,
+        train_augmentations: Sequence[str] = (),
     ) -> None:
         if image_size < 32:
             raise StratadError(f"image size must be at least 32 pixels, got {image_size}")
@@ -132,6 +136,7 @@ class Pipeline:
             device,
             patch_size,
             patch_stride,
+            [a.value for a in parse_augmentations(train_augmentations)],
         )
         # Validate the detector name and options now, before any expensive work.
         self.detector: Detector = build_seeded_detector(detector, self.config.detector_params, seed)
@@ -200,11 +205,19 @@ class Pipeline:
             yield torch.stack([t for t, _ in loaded]), [hw for _, hw in loaded]
 
     def iter_features(
-        self, items: Sequence[ImageSource], progress: Callable[[int], None] | None = None
+        self,
+        items: Sequence[ImageSource],
+        progress: Callable[[int], None] | None = None,
+        augment: bool = False,
     ) -> Iterator[tuple[FeatureBatch, list[tuple[int, int]]]]:
         extractor = self.extractor
         size = (self.config.image_size, self.config.image_size)
-        for images, sizes in self._batches(items):
+        kinds = parse_augmentations(self.config.train_augmentations) if augment else []
+        generator = torch.Generator().manual_seed(self.config.seed)
+        for images, original_sizes in self._batches(items):
+            count = len(original_sizes)
+            images = augmented_batch(images, kinds, generator)
+            sizes = original_sizes * (1 + len(kinds))
             if self.config.patch_size:
                 from stratad.features.patches import extract_patch_features
 
@@ -215,21 +228,24 @@ class Pipeline:
                 feats = extractor(images)
             yield FeatureBatch({n: feats[n] for n in self.config.nodes}, size), sizes
             if progress is not None:
-                progress(len(sizes))
+                progress(count)
 
     def extract(
-        self, items: Sequence[ImageSource], progress: Callable[[int], None] | None = None
+        self,
+        items: Sequence[ImageSource],
+        progress: Callable[[int], None] | None = None,
+        augment: bool = False,
     ) -> FeatureBatch:
         if not items:
             raise StratadError("no images to extract features from")
-        return FeatureBatch.concat([fb for fb, _ in self.iter_features(items, progress)])
+        return FeatureBatch.concat([fb for fb, _ in self.iter_features(items, progress, augment)])
 
     # -- fit / predict --
     def fit(self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None) -> Pipeline:
         if not images:
             raise StratadError("no training images")
         t0 = time.perf_counter()
-        train = self.extract(images, progress)
+        train = self.extract(images, progress, augment=True)
         t1 = time.perf_counter()
         self.fit_features(train)
         self.timings_ = {"extract_s": t1 - t0, "detector_fit_s": time.perf_counter() - t1}
