@@ -108,8 +108,10 @@ def fit(
     progress: ProgressOpt = True,
 ) -> None:
     """Fit a pipeline on the good training images of a dataset and save it to one file."""
+    from stratad.export.io import check_output_file
     from stratad.pipeline import Pipeline
 
+    check_output_file(out)
     split = _load_split(data, dataset, category, seed, train_fraction)
     pipe = Pipeline(
         backbone,

@@ -41,6 +41,20 @@ def atomic_write(path: str | Path, write: Any) -> None:
         raise
 
 
+def check_output_file(path: str | Path) -> None:
+    """Fail before long work when ``path`` cannot be written (a folder, or an unwritable location)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ModelFileError(f"{target} is a folder; give a file name such as {target / 'model.stratad'}")
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelFileError(f"cannot write {target}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK):
+        raise ModelFileError(f"cannot write {target}: {parent} is not writable")
+
+
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     payload = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     header = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, **meta})}
