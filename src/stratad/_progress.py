@@ -10,6 +10,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -20,20 +21,23 @@ console = Console(stderr=True, soft_wrap=True)
 results = Console(width=160)
 
 
-@contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; a no-op when disabled."""
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (
+def _columns() -> tuple[ProgressColumn, ...]:
+    return (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; a no-op when disabled."""
+    if not enabled:
+        yield lambda n: None
+        return
+    with Progress(*_columns(), console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -44,14 +48,6 @@ def count_progress(description: str, enabled: bool = True) -> Iterator[Callable[
     if not enabled:
         yield lambda label, done, total: None
         return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[label]}"),
-    )
-    with Progress(*columns, console=console) as bar:
+    with Progress(*_columns(), TextColumn("{task.fields[label]}"), console=console) as bar:
         task = bar.add_task(description, total=None, label="")
         yield lambda label, done, total: bar.update(task, completed=done, total=total, label=label)
