@@ -285,6 +285,7 @@ def _sweep_config(
     workers: int,
     seed: int,
     device: str,
+    exact: bool,
 ) -> Any:
     from stratad.selection import SweepConfig
 
@@ -305,6 +306,7 @@ def _sweep_config(
         workers=workers,
         seed=seed,
         device=device,
+        exact=exact,
     )
 
 
@@ -325,8 +327,19 @@ BackboneOpt = Annotated[str, typer.Option(help="backbone name (see `stratad back
 WeightsOpt = Annotated[str, typer.Option(help="imagenet, random, or a path to a weights file")]
 NodesAllOpt = Annotated[str, typer.Option(help="'all', a comma list, or glob patterns such as 'blocks.*'")]
 MaxGridOpt = Annotated[int, typer.Option(help="average-pool larger node maps to this grid while sweeping")]
-MemoryOpt = Annotated[int, typer.Option("--memory-mb", help="RAM budget for cached node features (MB)")]
-WorkersOpt = Annotated[int, typer.Option(help="parallel processes for per-node fitting")]
+MemoryOpt = Annotated[
+    int, typer.Option("--memory-mb", help="RAM for cached node features (MB); 0 = half of what is free")
+]
+WorkersOpt = Annotated[
+    int, typer.Option(help="parallel processes for per-node fitting; 0 = one per CPU core, at most 4")
+]
+ExactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exact/--fast",
+        help="fit every node with exactly the detector options (slower), not the sweep's cheaper ones",
+    ),
+]
 RfOpt = Annotated[bool, typer.Option("--rf/--no-rf", help="add each node's relative receptive field")]
 
 
@@ -354,8 +367,9 @@ def select(
     image_size: Annotated[int, typer.Option(help="square network input size")] = 256,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
     max_grid: MaxGridOpt = 32,
-    memory_mb: MemoryOpt = 3000,
-    workers: WorkersOpt = 1,
+    memory_mb: MemoryOpt = 0,
+    workers: WorkersOpt = 0,
+    exact: ExactOpt = False,
     rf: RfOpt = True,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     seed: SeedOpt = 0,
@@ -385,6 +399,7 @@ def select(
         workers,
         seed,
         device,
+        exact,
     )
     relative_rf = _rf_for(cfg, rf)
     with count_progress("scoring nodes", progress) as update:
@@ -434,8 +449,9 @@ def sweep(
     image_size: Annotated[int, typer.Option(help="square network input size")] = 256,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 16,
     max_grid: MaxGridOpt = 32,
-    memory_mb: MemoryOpt = 3000,
-    workers: WorkersOpt = 1,
+    memory_mb: MemoryOpt = 0,
+    workers: WorkersOpt = 0,
+    exact: ExactOpt = False,
     rf: RfOpt = True,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     seed: SeedOpt = 0,
@@ -467,6 +483,7 @@ def sweep(
         workers,
         seed,
         device,
+        exact,
     )
     cfg.label = split.name
     relative_rf = _rf_for(cfg, rf)

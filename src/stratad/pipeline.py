@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 
 from stratad.data.augment import augmented_batch, parse_augmentations
 from stratad.data.datasets import ImageRecord
@@ -83,13 +82,20 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def postprocess_maps(maps: np.ndarray, size: int, sigma: float) -> np.ndarray:
     """Bilinear upsampling of (N, h, w) maps to the input size, then Gaussian smoothing.
 
-    PatchCore's official code uses sigma = 4 (in input pixels).
+    PatchCore's official code uses sigma = 4 (in input pixels), with scipy's ``gaussian_filter``.
+    OpenCV computes the same filter (kernel radius ``4 * sigma``, mirror border ``abcd|dcba``) several
+    times faster, which matters when a feature-selection sweep smooths every node's maps.
     """
     t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
     up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
     if sigma > 0:
+        import cv2
+
+        side = 2 * int(4.0 * sigma + 0.5) + 1
         for i in range(up.shape[0]):
-            up[i] = gaussian_filter(up[i], sigma=sigma)
+            up[i] = cv2.GaussianBlur(
+                up[i], (side, side), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
+            )
     return up
 
 

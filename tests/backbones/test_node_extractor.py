@@ -99,3 +99,35 @@ def test_extract_with_progress(resnet18: Backbone) -> None:
     extractor = NodeExtractor(resnet18, "layer1")
     features = extractor.extract(torch.rand(3, 3, 32, 32), batch_size=2, progress=True)
     assert features["layer1.1.relu_1"].shape == (3, 64, 8, 8)
+
+
+def test_reduce_runs_inside_the_graph_before_in_place_overwrites(resnet18: Backbone) -> None:
+    # layer1.0.bn1 is followed by an in-place ReLU: the reduction must see the BatchNorm output.
+    class Halve(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x, 2).half()
+
+    nodes = ["layer1.0.bn1", "layer2"]
+    images = torch.rand(2, 3, 64, 64)
+    plain = NodeExtractor(resnet18, nodes)(images)
+    reduced = NodeExtractor(resnet18, nodes, reduce=Halve())(images)
+    for node in ("layer1.0.bn1", "layer2.1.relu_1"):
+        expected = torch.nn.functional.avg_pool2d(plain[node], 2).half()
+        assert reduced[node].dtype == torch.float16 and not reduced[node].is_inference()
+        torch.testing.assert_close(reduced[node].float(), expected.float(), rtol=2e-3, atol=2e-3)
+    assert (reduced["layer1.0.bn1"] < 0).any()
+
+
+def test_reduced_identity_nodes_share_their_inputs_snapshot(lite0_random: Backbone) -> None:
+    class Half(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.half()
+
+    nodes = ["blocks.1.0.bn2", "blocks.1.0.aa", "blocks.1.0.se", "blocks.1.0.conv_pwl"]
+    images = torch.rand(2, 3, 64, 64)
+    reduced = NodeExtractor(lite0_random, nodes, reduce=Half())(images)
+    plain = NodeExtractor(lite0_random, nodes)(images)
+    assert reduced["blocks.1.0.aa"] is reduced["blocks.1.0.bn2"] is reduced["blocks.1.0.se"]
+    assert reduced["blocks.1.0.conv_pwl"] is not reduced["blocks.1.0.bn2"]
+    for node in nodes:
+        torch.testing.assert_close(reduced[node].float(), plain[node], rtol=1e-2, atol=1e-2)

@@ -84,3 +84,18 @@ def test_default_nodes_per_detector_resolve() -> None:
     for detector in ("patchcore", "padim", "gaussian", "dn2", "spade", "gde"):
         pipe = Pipeline("efficientnet_lite0", None, detector, 64).prepare()
         assert pipe.config.nodes, detector
+
+
+def test_smoothing_is_scipys_gaussian_filter() -> None:
+    # The official PatchCore code smooths with scipy; the OpenCV filter used here must agree.
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+
+    from stratad.pipeline import postprocess_maps
+
+    maps = np.random.default_rng(0).random((3, 7, 9)).astype(np.float32) * 5
+    for size, sigma in ((64, 4.0), (50, 1.5), (40, 0.7)):
+        up = F.interpolate(torch.from_numpy(maps)[:, None], size=(size, size), mode="bilinear")[:, 0]
+        expected = np.stack([gaussian_filter(m, sigma) for m in up.numpy()])
+        np.testing.assert_allclose(postprocess_maps(maps, size, sigma), expected, atol=2e-5)

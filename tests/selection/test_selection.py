@@ -125,3 +125,31 @@ def test_parallel_workers_give_identical_results(tmp_path: Path) -> None:
     assert [[r[c] for c in columns] for r in serial.table] == [
         [r[c] for c in columns] for r in parallel.table
     ]
+
+
+def test_sweep_options_fast_by_default_exact_on_request() -> None:
+    from stratad.detectors import detector_class
+    from stratad.selection.sweep import sweep_detector_params
+
+    fast = dict(detector_class("patchcore").sweep_params)
+    assert fast, "PatchCore declares cheaper sweep options"
+    cfg = SweepConfig(detector="patchcore", detector_params={"coreset_size": 7})
+    assert sweep_detector_params(cfg) == {**fast, "coreset_size": 7}
+    cfg.exact = True
+    assert sweep_detector_params(cfg) == {"coreset_size": 7}
+    # an option the user sets always wins over the sweep's default
+    cfg = SweepConfig(detector="patchcore", detector_params={"projection_dim": 99})
+    assert sweep_detector_params(cfg)["projection_dim"] == 99
+
+
+def test_memory_budget_and_workers_resolve() -> None:
+    from stratad.errors import StratadError
+    from stratad.selection.sweep import memory_budget_bytes, resolve_workers
+
+    assert memory_budget_bytes(SweepConfig(memory_budget_mb=100)) == 100 * 2**20
+    assert memory_budget_bytes(SweepConfig(memory_budget_mb=0)) >= 512 * 2**20
+    with pytest.raises(StratadError, match="memory budget"):
+        memory_budget_bytes(SweepConfig(memory_budget_mb=-1))
+    assert resolve_workers(3) == 3 and 1 <= resolve_workers(0) <= 4
+    with pytest.raises(StratadError, match="workers"):
+        resolve_workers(-2)

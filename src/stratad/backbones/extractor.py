@@ -31,6 +31,12 @@ class NodeExtractor(nn.Module):
     The wrapped modules are the backbone's own, not copies: ``backbone.model`` is moved to
     ``device`` and to the requested memory format (its results do not change), so extractors that
     share one backbone should agree on ``device`` and ``channels_last``.
+
+    ``reduce`` (optional) is a module applied to every node's output inside the graph, right after
+    the node runs (for example pooling maps to a small grid and casting to float16, as the
+    feature-selection sweep does); outputs are then returned as ``reduce`` made them (dtype and
+    memory format kept). The full-size maps never pile up, which makes a pass over many nodes
+    faster and lighter.
     """
 
     mean: torch.Tensor
@@ -43,6 +49,7 @@ class NodeExtractor(nn.Module):
         device: str | torch.device = "cpu",
         channels_last: bool = True,
         output_device: str | torch.device | None = "cpu",
+        reduce: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone.name
@@ -54,7 +61,8 @@ class NodeExtractor(nn.Module):
         # stays on one device for everything else (node listing, receptive fields).
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         backbone.model.to(self.device, memory_format=memory_format)  # type: ignore[call-overload]
-        self.graph_module = build_graph_module(backbone, self.nodes)
+        self.reduced = reduce is not None
+        self.graph_module = build_graph_module(backbone, self.nodes, reduce)
         self.register_buffer("mean", torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1))
         self.eval()
@@ -88,6 +96,13 @@ class NodeExtractor(nn.Module):
         target = self.output_device or self.device
         # The copy happens outside inference mode so the results are ordinary tensors: detectors that
         # train on features (SimpleNet, FastFlow) cannot use inference tensors in autograd.
+        if self.reduced:
+            # Nodes that share one snapshot (identities) keep sharing one tensor.
+            copies: dict[int, torch.Tensor] = {}
+            for node in self.nodes:
+                if id(raw[node]) not in copies:
+                    copies[id(raw[node])] = raw[node].to(target, copy=True)
+            return {node: copies[id(raw[node])] for node in self.nodes}
         return {
             node: raw[node].to(target, torch.float32, memory_format=torch.contiguous_format, copy=True)
             for node in self.nodes

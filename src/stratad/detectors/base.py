@@ -49,6 +49,10 @@ class Detector(ABC):
     localizes: ClassVar[bool] = True
     #: nodes used when the user gives none, per backbone name ("*" is the fallback)
     default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    #: cheaper options a feature-selection sweep fits every candidate node with, unless the sweep is
+    #: ``exact`` (options the user sets still win); a detector adds one only where a measurement
+    #: showed the node ranking does not suffer
+    sweep_params: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(self, config: DetectorConfig | None = None, **params: Any) -> None:
         base = config if config is not None else self.config_class()

