@@ -57,6 +57,7 @@ def main() -> None:
     for name in (
         "patchcore_mtd.json",
         "sweep_mtd.json",
+        "sweep_fidelity.json",
         "threads.json",
         "selection_mtd.json",
         "selection_mtd_seed0.json",
