@@ -11,6 +11,15 @@ from PIL import Image
 SHARED_MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> object:
+    # Commands that cache results (receptive fields) must not write into the user's home.
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STRATAD_CACHE_DIR", str(tmp_path_factory.mktemp("stratad_cache")))
+    yield
+    patch.undo()
+
+
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     # Smooth stripes + mild noise: a "product" whose normal appearance is easy to learn.
     _, xx = np.mgrid[0:size, 0:size]

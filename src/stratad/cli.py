@@ -314,12 +314,14 @@ def _rf_for(cfg: Any, enabled: bool) -> dict[str, float] | None:
     if not enabled:
         return None
     from stratad.backbones import build_backbone, relative_receptive_field
+    from stratad.backbones.receptive import default_cache_dir
 
     with console.status("estimating effective receptive fields"):
         return relative_receptive_field(
             build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed),
             cfg.nodes,
             image_size=cfg.image_size,
+            cache_dir=default_cache_dir() / "receptive_fields",
         )
 
 
@@ -575,10 +577,16 @@ def receptive_field(
 ) -> None:
     """Effective (gradient-based) relative receptive field of every node."""
     from stratad.backbones import build_backbone, relative_receptive_field
+    from stratad.backbones.receptive import default_cache_dir
 
     model = build_backbone(backbone, weights=weights)
     with console.status("backpropagating from every node"):
-        rrf = relative_receptive_field(model, parse_nodes(nodes) or ["all"], image_size=size)
+        rrf = relative_receptive_field(
+            model,
+            parse_nodes(nodes) or ["all"],
+            image_size=size,
+            cache_dir=default_cache_dir() / "receptive_fields",
+        )
     table = Table(title=f"{backbone} at {size} px: relative effective receptive field")
     table.add_column("node")
     table.add_column("relative RF", justify="right")
