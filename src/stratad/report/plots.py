@@ -16,12 +16,24 @@ import matplotlib.pyplot as plt
 def performance_vs_receptive_field(
     rows: Sequence[dict[str, Any]], out: Path, metric: str = "p_h", title: str = ""
 ) -> Path:
-    """One line per backbone: ``metric`` of each node against its relative receptive field."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    """One line per extractor (backbone, and input size where several were swept): ``metric`` of
+    each node, averaged over categories, against the node's relative receptive field."""
+    sizes: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        sizes[str(r.get("backbone", "backbone"))].add(str(r.get("image_size", "")))
+    per_node: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("relative_rf") in (None, "") or r.get(metric) in (None, ""):
             continue
-        series[str(r.get("backbone", "backbone"))].append((float(r["relative_rf"]), float(r[metric])))
+        backbone = str(r.get("backbone", "backbone"))
+        label = f"{backbone} @ {r.get('image_size')} px" if len(sizes[backbone]) > 1 else backbone
+        values = per_node[label][str(r.get("node"))]
+        if not values:
+            values.append(float(r["relative_rf"]))
+        values.append(float(r[metric]))
+    series = {
+        label: [(v[0], sum(v[1:]) / len(v[1:])) for v in nodes.values()] for label, nodes in per_node.items()
+    }
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, pts in sorted(series.items()):
         pts.sort()
