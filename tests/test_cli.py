@@ -154,3 +154,7 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
         run("select", "--data", str(data), "--defects", "scratches", "--out", str(tmp_path / "x")),
         "scratches",
     )
+    for option, value, message in (("--workers", "-1", "workers"), ("--memory-mb", "-5", "memory budget")):
+        refused = run("sweep", "--data", str(data), "--out", str(tmp_path / "y"), option, value)
+        assert_clean_error(refused, message)
+        assert not (tmp_path / "y").exists()  # refused before anything was written

@@ -293,7 +293,9 @@ def _sweep_config(
     from stratad.detectors import build_detector
 
     build_detector(detector, **build_check)  # fail fast on a bad detector or option
-    return SweepConfig(
+    from stratad.selection.sweep import memory_budget_bytes, resolve_workers
+
+    cfg = SweepConfig(
         backbone=backbone,
         weights=weights,
         nodes=parse_nodes(nodes) or ["all"],
@@ -308,6 +310,9 @@ def _sweep_config(
         device=device,
         exact=exact,
     )
+    memory_budget_bytes(cfg)
+    resolve_workers(workers)
+    return cfg
 
 
 def _rf_for(cfg: Any, enabled: bool) -> dict[str, float] | None:

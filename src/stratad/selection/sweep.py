@@ -221,6 +221,8 @@ def run_sweep(
     """
     from stratad.backbones import build_backbone, list_nodes, resolve_nodes
 
+    budget = memory_budget_bytes(cfg)  # bad settings fail before anything is written
+    resolve_workers(cfg.workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(out_dir, cfg, len(train_images), len(evaluation.images))
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
@@ -244,7 +246,7 @@ def run_sweep(
         grid = min(info.height, cfg.max_grid) * min(info.width, cfg.max_grid) if info.height else 1
         return n_images * info.channels * grid * 2
 
-    chunks = plan_chunks({n: cached_bytes(n) for n in todo}, memory_budget_bytes(cfg))
+    chunks = plan_chunks({n: cached_bytes(n) for n in todo}, budget)
     new_file = not results_path.exists()
     finished = len(candidates) - len(todo)
     with open(results_path, "a", newline="") as handle:
