@@ -58,6 +58,7 @@ def main() -> None:
         "patchcore_mtd.json",
         "sweep_mtd.json",
         "sweep_fidelity.json",
+        "analysis_mtd_oracle.json",
         "threads.json",
         "selection_mtd.json",
         "selection_mtd_seed0.json",
