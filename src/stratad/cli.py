@@ -386,12 +386,14 @@ def select(
     """Pick the best node for this application from synthetic defects (no real defect needed)."""
     from stratad.pipeline import Pipeline
     from stratad.selection import Criterion, select_features
+    from stratad.selection.select import check_criterion
     from stratad.synth import list_defect_kinds
 
     if defects not in list_defect_kinds():
         raise StratadError(f"unknown defect kind {defects!r}; available: {', '.join(list_defect_kinds())}")
     if criterion not in [c.value for c in Criterion]:
         raise StratadError(f"unknown criterion {criterion!r}; use p_h or p_cls")
+    check_criterion(detector, criterion)
     split = _load_split(data, dataset, category, seed, train_fraction)
     cfg = _sweep_config(
         backbone,

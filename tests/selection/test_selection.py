@@ -153,3 +153,17 @@ def test_memory_budget_and_workers_resolve() -> None:
     assert resolve_workers(3) == 3 and 1 <= resolve_workers(0) <= 4
     with pytest.raises(StratadError, match="workers"):
         resolve_workers(-2)
+
+
+def test_image_only_detectors_select_by_image_auroc(tmp_path: Path) -> None:
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    cfg = SweepConfig(
+        backbone="twin_test", weights="random", nodes=["all"], detector="dn2", image_size=64, batch_size=8
+    )
+    from stratad.errors import StratadError
+
+    with pytest.raises(StratadError, match="p_cls"):
+        select_features(train, cfg, tmp_path / "p_h", defects="simple")
+    assert not (tmp_path / "p_h").exists()  # refused before any work
+    result = select_features(train, cfg, tmp_path / "p_cls", defects="simple", criterion="p_cls")
+    assert result.criterion == "p_cls" and result.node == "informative"

@@ -63,6 +63,17 @@ def choose(
     return SelectionResult(best["node"], crit.value, _value(best, column), ranked[:top_k], list(rows))
 
 
+def check_criterion(detector: str, criterion: Criterion | str) -> None:
+    """P_h needs anomaly maps: refuse it for image-only detectors before any work is done."""
+    from stratad.detectors import detector_class
+
+    if Criterion(criterion) is Criterion.p_h and not detector_class(detector).localizes:
+        raise StratadError(
+            f"{detector} scores whole images only, so P_h (which needs AU-PRO from anomaly maps) "
+            "is undefined; select with criterion p_cls (image AUROC)"
+        )
+
+
 def select_features(
     train: Sequence[ImageRecord],
     cfg: SweepConfig,
@@ -74,6 +85,7 @@ def select_features(
     progress: Callable[[str, int, int], None] | None = None,
     relative_rf: dict[str, float] | None = None,
 ) -> SelectionResult:
+    check_criterion(cfg.detector, criterion)
     split = selection_split(train, seed=cfg.seed)
     val = build_validation_set(split, defects, cfg.image_size, cfg.seed, **(defect_params or {}))
     train_images = load_uint8_images(split.fit, cfg.image_size)
