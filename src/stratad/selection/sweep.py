@@ -3,8 +3,13 @@
 The feature-selection paper fits one model per node from scratch and names that cost its main
 limitation. Here:
 - nodes are grouped into chunks whose features (float16, maps average-pooled to at most
-  ``max_grid`` x ``max_grid``) fit a memory budget; each chunk costs ONE pass of every image through
-  the backbone, pruned at the chunk's deepest node, and images are decoded only once;
+  ``max_grid`` x ``max_grid`` inside the forward pass, right after each node runs) fit a memory
+  budget (by default half of the free RAM: one chunk for all of EfficientNet-Lite0); each chunk
+  costs ONE pass of every image through the backbone, pruned at the chunk's deepest node, and
+  images are decoded only once; identity nodes share their input's cached tensor and are scored once;
+- unless ``exact``, every node is fitted with the detector's ``sweep_params`` (PatchCore: a 32-d
+  projection while choosing the coreset), cheaper approximations whose node ranking was measured
+  against the exact one (``benchmarks/sweep_fidelity.py``);
 - the per-node fit / score / metrics work of a chunk runs in ``workers`` forked processes that share
   the chunk's features copy-on-write;
 - each finished node is appended to ``nodes.csv`` at once, so a killed sweep resumes where it stopped.
@@ -139,7 +144,7 @@ def plan_chunks(sizes: dict[str, int], budget_bytes: int) -> list[list[str]]:
 
 
 def sweep_detector_params(cfg: SweepConfig) -> dict[str, Any]:
-    """The options every candidate node is fitted with (module docstring of :class:`SweepConfig`)."""
+    """The options every candidate node is fitted with (see ``SweepConfig.exact``)."""
     from stratad.detectors import detector_class
 
     if cfg.exact:
