@@ -167,3 +167,20 @@ def test_image_only_detectors_select_by_image_auroc(tmp_path: Path) -> None:
     assert not (tmp_path / "p_h").exists()  # refused before any work
     result = select_features(train, cfg, tmp_path / "p_cls", defects="simple", criterion="p_cls")
     assert result.criterion == "p_cls" and result.node == "informative"
+
+
+def test_sweep_reports_extraction_and_node_progress(tmp_path: Path) -> None:
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    cfg = SweepConfig(
+        backbone="twin_test",
+        weights="random",
+        nodes=["all"],
+        detector_params={"coreset_size": 50},
+        image_size=64,
+        batch_size=4,
+    )
+    seen: list[tuple[str, int, int]] = []
+    select_features(train, cfg, tmp_path / "sel", defects="simple", progress=lambda *a: seen.append(a))
+    extraction = [label for label, _, _ in seen if label.startswith("features of")]
+    assert extraction[0] == "features of 4/20 images" and extraction[-1] == "features of 20/20 images"
+    assert seen[-1][1:] == (3, 3) and {label for label, _, _ in seen} >= {"informative", "blind", "add"}

@@ -260,11 +260,19 @@ def run_sweep(
             writer.writeheader()
             handle.flush()
         try:
-            for chunk in chunks:
+            for index, chunk in enumerate(chunks, 1):
+                part = f" (chunk {index}/{len(chunks)})" if len(chunks) > 1 else ""
+                done_before = finished
+
+                def extracting(images_done: int, part: str = part, done_before: int = done_before) -> None:
+                    if progress is not None:
+                        label = f"features of {images_done}/{n_images} images{part}"
+                        progress(label, done_before, len(candidates))
+
                 _SHARED.update(
                     config=cfg,
                     eval=evaluation,
-                    **_extract_chunk(backbone, chunk, cfg, train_images, evaluation),
+                    **_extract_chunk(backbone, chunk, cfg, train_images, evaluation, extracting),
                 )
                 aliases = _identical_nodes(chunk, _SHARED["train"], _SHARED["test"])
                 unique = [n for n in chunk if n not in aliases]
@@ -292,7 +300,12 @@ def run_sweep(
 
 
 def _extract_chunk(
-    backbone: Any, chunk: list[str], cfg: SweepConfig, train_images: torch.Tensor, evaluation: EvalSet
+    backbone: Any,
+    chunk: list[str],
+    cfg: SweepConfig,
+    train_images: torch.Tensor,
+    evaluation: EvalSet,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """One backbone pass per image for all nodes of the chunk; float16 features, maps capped.
 
@@ -303,6 +316,7 @@ def _extract_chunk(
 
     extractor = NodeExtractor(backbone, chunk, device=cfg.device, reduce=CachedFeatures(cfg.max_grid))
     feats: dict[str, dict[str, torch.Tensor]] = {}
+    done = 0
     for role, images in (("train", train_images), ("test", evaluation.images)):
         filled: dict[str, torch.Tensor] = {}
         for start in range(0, len(images), cfg.batch_size):
@@ -320,6 +334,9 @@ def _extract_chunk(
                         (len(images), *part.shape[1:]), dtype=part.dtype, memory_format=layout
                     )
                 filled[n][start : start + len(part)] = part
+            done += min(cfg.batch_size, len(images) - start)
+            if progress is not None:
+                progress(done)
         feats[role] = filled
     return feats
 
