@@ -53,6 +53,9 @@ class Detector(ABC):
     #: ``exact`` (options the user sets still win); a detector adds one only where a measurement
     #: showed the node ranking does not suffer
     sweep_params: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    #: whether fit / score take float16 features as they are (converting internally, results equal
+    #: to float32 input); the sweep then hands over its float16 cache without a float32 copy per node
+    accepts_float16: ClassVar[bool] = False
 
     def __init__(self, config: DetectorConfig | None = None, **params: Any) -> None:
         base = config if config is not None else self.config_class()

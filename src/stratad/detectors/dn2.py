@@ -39,6 +39,7 @@ class DN2Config(DetectorConfig):
 @register_detector
 class DN2(Detector):
     name = "dn2"
+    accepts_float16 = True
     config_class = DN2Config
     localizes = False
     # The final global pooling: timm's "global_pool" module (alias of its last graph node), torchvision's

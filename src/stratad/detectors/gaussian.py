@@ -144,6 +144,7 @@ class GaussianConfig(DetectorConfig):
 @register_detector
 class GaussianAD(Detector):
     name = "gaussian"
+    accepts_float16 = True
     config_class = GaussianConfig
     localizes = False
     default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {

@@ -50,6 +50,7 @@ def dense_embedding(batch: FeatureBatch) -> torch.Tensor:
 @register_detector
 class GaussianDensity(Detector):
     name = "gde"
+    accepts_float16 = True
     config_class = GdeConfig
     localizes = True
     default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {

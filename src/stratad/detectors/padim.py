@@ -41,6 +41,7 @@ class PadimConfig(DetectorConfig):
 @register_detector
 class Padim(Detector):
     name = "padim"
+    accepts_float16 = True
     config_class = PadimConfig
     localizes = True
     default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {

@@ -45,6 +45,7 @@ class PatchCoreConfig(DetectorConfig):
 @register_detector
 class PatchCore(Detector):
     name = "patchcore"
+    accepts_float16 = True
     config_class = PatchCoreConfig
     localizes = True
     # The paper's rule for ResNets (layer2 + layer3: the last stage at stride 8 and the last at

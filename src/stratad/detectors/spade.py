@@ -87,6 +87,7 @@ def _is_spatial(x: torch.Tensor) -> bool:
 @register_detector
 class Spade(Detector):
     name = "spade"
+    accepts_float16 = True
     config_class = SpadeConfig
     localizes = True
     default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {

@@ -19,17 +19,22 @@ def spatial(node: str, features: torch.Tensor) -> torch.Tensor:
     return features
 
 
-def local_aggregate(x: torch.Tensor, patch_size: int = 3) -> torch.Tensor:
+def local_aggregate(x: torch.Tensor, patch_size: int = 3, out: torch.Tensor | None = None) -> torch.Tensor:
     """Average every position with its ``patch_size`` x ``patch_size`` neighbourhood (PatchCore, eq. 2).
 
     Zero padding as in the official code's unfold, so border patches see the same number of taps.
     Pooled in channels-last layout: the same numbers, 2-3x faster on the CPU for the small, deep
-    maps of backbone nodes, and the result flattens to patch rows without a copy.
+    maps of backbone nodes, and the result flattens to patch rows without a copy. ``out`` (float32,
+    channels-last, x's shape) receives the result directly.
     """
-    if patch_size <= 1:
-        return x
     x = x.contiguous(memory_format=torch.channels_last)
-    return F.avg_pool2d(x, patch_size, stride=1, padding=patch_size // 2, count_include_pad=True)
+    if patch_size <= 1:
+        return x if out is None else out.copy_(x)
+    pad = patch_size // 2
+    if out is None:
+        return F.avg_pool2d(x, patch_size, stride=1, padding=pad, count_include_pad=True)
+    args = ([patch_size] * 2, [1, 1], [pad] * 2, False, True, None)
+    return torch.ops.aten.avg_pool2d.out(x, *args, out=out)
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -60,22 +65,34 @@ def patch_embedding(
 
     Each node is aggregated over its 3x3 neighbourhood, resized to the first node's grid, pooled to
     ``node_dim`` channels, concatenated, and the result pooled to ``target_dim`` (0 keeps all).
-    Processed in image batches to bound memory on large training sets.
+    Processed in image batches (any float dtype in, float32 out) written into one preallocated
+    channels-last result, so large training sets never hold a float32 copy of their input and
+    :func:`flatten_patches` needs no copy.
     """
     if not nodes:
         raise DetectorError("no feature nodes given")
     first = spatial(nodes[0], features[nodes[0]])
+    n_images = int(first.shape[0])
     grid = (int(first.shape[-2]), int(first.shape[-1]))
-    out = []
-    for start in range(0, first.shape[0], batch_size):
+    out: torch.Tensor | None = None
+    for start in range(0, max(n_images, 1), batch_size):  # one (empty) batch for zero images
+        stop = min(start + batch_size, n_images)
+        if out is not None and len(nodes) == 1 and tuple(out.shape[1:]) == tuple(first.shape[1:]):
+            # One node, nothing resized or pooled: aggregate straight into the result.
+            local_aggregate(first[start:stop].float(), patch_size, out=out[start:stop])
+            continue
         parts = []
         for node in nodes:
-            x = spatial(node, features[node])[start : start + batch_size].float()
+            x = spatial(node, features[node])[start:stop].float()
             x = resize_to(local_aggregate(x, patch_size), grid)
             parts.append(channel_pool(x, node_dim))
         joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        out.append(channel_pool(joined, target_dim))
-    return torch.cat(out)
+        joined = channel_pool(joined, target_dim)
+        if out is None:
+            out = torch.empty((n_images, joined.shape[1], *grid), memory_format=torch.channels_last)
+        out[start:stop] = joined
+    assert out is not None  # the loop runs at least once
+    return out
 
 
 def flatten_patches(x: torch.Tensor) -> torch.Tensor:

@@ -187,10 +187,12 @@ def _score_node(node: str) -> dict[str, Any]:
     test = _SHARED["test"][node]
     size = (cfg.image_size, cfg.image_size)
     det = build_seeded_detector(cfg.detector, sweep_detector_params(cfg), cfg.seed)
+    if not det.accepts_float16:
+        train, test = train.float(), test.float()
     t0 = time.perf_counter()
-    det.fit(FeatureBatch({node: train.float()}, size))
+    det.fit(FeatureBatch({node: train}, size))
     t1 = time.perf_counter()
-    scores = det.score(FeatureBatch({node: test.float()}, size))
+    scores = det.score(FeatureBatch({node: test}, size))
     t2 = time.perf_counter()
     if scores.maps is not None:
         maps = postprocess_maps(scores.maps, cfg.image_size, cfg.smoothing_sigma)
