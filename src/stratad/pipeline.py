@@ -79,24 +79,38 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def _smoothing_operator(n_in: int, size: int, sigma: float) -> torch.Tensor:
+    """(size, n_in) matrix of one axis of :func:`postprocess_maps`: linear upsampling
+    (``align_corners=False``), then the Gaussian filter with a mirror border (``abcd|dcba``)."""
+    eye = torch.eye(n_in, dtype=torch.float64)[:, None]
+    upsample = F.interpolate(eye, size=size, mode="linear", align_corners=False)[:, 0].T
+    if sigma <= 0:
+        return upsample
+    radius = int(4.0 * sigma + 0.5)  # scipy's truncate=4 and cv2's kernel size for the same sigma
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel /= kernel.sum()
+    # Mirror any index back into [0, size): period 2 * size, the second half reversed.
+    source = (torch.arange(size)[:, None] + taps.long()[None, :]) % (2 * size)
+    source = torch.where(source >= size, 2 * size - 1 - source, source)
+    blur = torch.zeros(size, size, dtype=torch.float64)
+    blur.scatter_add_(1, source, kernel.expand(size, -1).contiguous())
+    return blur @ upsample
+
+
 def postprocess_maps(maps: np.ndarray, size: int, sigma: float) -> np.ndarray:
     """Bilinear upsampling of (N, h, w) maps to the input size, then Gaussian smoothing.
 
-    PatchCore's official code uses sigma = 4 (in input pixels), with scipy's ``gaussian_filter``.
-    OpenCV computes the same filter (kernel radius ``4 * sigma``, mirror border ``abcd|dcba``) several
-    times faster, which matters when a feature-selection sweep smooths every node's maps.
+    PatchCore's official code uses sigma = 4 (in input pixels), with scipy's ``gaussian_filter``
+    (kernel radius ``4 * sigma``, mirror border). Both steps are linear and separable, so each map
+    becomes ``A_h @ map @ A_w.T`` with one precomputed (size, h) matrix per axis: the same filter to
+    float32 rounding (tested against scipy), and ~10x faster than upsampling and then filtering,
+    which matters when a feature-selection sweep smooths every node's maps.
     """
-    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
-    if sigma > 0:
-        import cv2
-
-        side = 2 * int(4.0 * sigma + 0.5) + 1
-        for i in range(up.shape[0]):
-            up[i] = cv2.GaussianBlur(
-                up[i], (side, side), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
-            )
-    return up
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
+    rows = _smoothing_operator(t.shape[1], size, sigma).float()
+    cols = rows if t.shape[2] == t.shape[1] else _smoothing_operator(t.shape[2], size, sigma).float()
+    return torch.matmul(torch.matmul(rows, t), cols.T).numpy()
 
 
 def _path_of(item: ImageSource) -> Path:

@@ -8,7 +8,7 @@ from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from stratad.errors import DataError, MaskError
-from stratad.metrics import aupro, pixel_auroc, pixel_metrics, pro_curve, trapezoid
+from stratad.metrics import PixelTruth, aupro, evaluate, pixel_auroc, pixel_metrics, pro_curve, trapezoid
 
 
 def _reference_pro_curve(masks: list[np.ndarray], maps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -203,6 +203,47 @@ def test_stacked_array_input() -> None:
     assert pixel_metrics(stacked_masks, stacked_maps) == pixel_metrics(
         [m for m, _ in same], [s for _, s in same]
     )
+
+
+def test_truth_prepared_once_scores_many_map_sets_like_the_masks() -> None:
+    masks, _ = _random_set(seed=3)
+    truth = PixelTruth.from_masks(masks)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        maps = [rng.random(m.shape).astype(np.float32) + 0.3 * m for m in masks]
+        assert pixel_metrics(truth, maps, 0.3) == pixel_metrics(masks, maps, 0.3)
+        assert aupro(truth, maps) == aupro(masks, maps)
+        assert pixel_auroc(truth, maps) == pixel_auroc(masks, maps)
+    # Maps of one (N, H, W) array are read without a copy and give the same numbers as a list.
+    square = [m[:5, :5] for m in masks]
+    stacked = rng.random((len(square), 5, 5)).astype(np.float32)
+    square_truth = PixelTruth.from_masks(square)
+    assert pixel_metrics(square_truth, list(stacked)) == pixel_metrics(square, [s.copy() for s in stacked])
+
+
+def test_evaluate_takes_a_prepared_truth() -> None:
+    masks, maps = _random_set(seed=4)
+    labels = [int(m.any()) for m in masks]
+    scores = [float(s.max()) for s in maps]
+    assert evaluate(labels, scores, PixelTruth.from_masks(masks), maps) == evaluate(
+        labels, scores, masks, maps
+    )
+    wrong = [1 - label for label in labels]
+    with pytest.raises(MaskError, match="labelled normal"):
+        evaluate(wrong, scores, PixelTruth.from_masks(masks), maps)
+
+
+def test_truth_checks_its_maps() -> None:
+    masks, maps = _random_set(seed=5)
+    truth = PixelTruth.from_masks(masks)
+    with pytest.raises(MaskError, match="mask 2 has shape"):
+        pixel_metrics(truth, [*maps[:2], maps[2][:-1], *maps[3:]])
+    with pytest.raises(MaskError, match="masks but"):
+        pixel_metrics(truth, maps[:-1])
+    with pytest.raises(DataError, match="no defect pixel"):
+        PixelTruth.from_masks([np.zeros((4, 4), bool)])
+    with pytest.raises(MaskError, match="values other than 0 and 1"):
+        PixelTruth.from_masks([np.full((4, 4), 255)])
 
 
 # --- trapezoid and errors ---------------------------------------------------------------------------

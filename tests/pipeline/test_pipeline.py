@@ -87,7 +87,8 @@ def test_default_nodes_per_detector_resolve() -> None:
 
 
 def test_smoothing_is_scipys_gaussian_filter() -> None:
-    # The official PatchCore code smooths with scipy; the OpenCV filter used here must agree.
+    # The official PatchCore code upsamples with torch and smooths with scipy; the single linear
+    # operator used here must agree, including mirror borders wider than the map and non-square maps.
     import torch
     import torch.nn.functional as F
     from scipy.ndimage import gaussian_filter
@@ -95,7 +96,9 @@ def test_smoothing_is_scipys_gaussian_filter() -> None:
     from stratad.pipeline import postprocess_maps
 
     maps = np.random.default_rng(0).random((3, 7, 9)).astype(np.float32) * 5
-    for size, sigma in ((64, 4.0), (50, 1.5), (40, 0.7)):
+    for size, sigma in ((64, 4.0), (50, 1.5), (40, 0.7), (12, 4.0), (30, 0.0)):
         up = F.interpolate(torch.from_numpy(maps)[:, None], size=(size, size), mode="bilinear")[:, 0]
-        expected = np.stack([gaussian_filter(m, sigma) for m in up.numpy()])
-        np.testing.assert_allclose(postprocess_maps(maps, size, sigma), expected, atol=2e-5)
+        expected = np.stack([gaussian_filter(m, sigma) if sigma else m for m in up.numpy()])
+        got = postprocess_maps(maps, size, sigma)
+        assert got.dtype == np.float32 and got.shape == (3, size, size)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)

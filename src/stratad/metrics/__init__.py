@@ -1,7 +1,8 @@
 """Evaluation metrics with the semantics of the official MVTec AD evaluation code.
 
 Image level: :func:`image_auroc`, :func:`f1_max`. Pixel level, from one sort of all pixel scores:
-:func:`pixel_metrics` (or :func:`pixel_auroc`, :func:`aupro`, :func:`pro_curve` alone). Summary:
+:func:`pixel_metrics` (or :func:`pixel_auroc`, :func:`aupro`, :func:`pro_curve` alone), against masks
+or a :class:`PixelTruth` prepared once for many sets of maps. Summary:
 :func:`evaluate`, :func:`harmonic_mean`. Gaussian working points: :func:`chi2_threshold`,
 :func:`sigma_to_fpr`.
 """
@@ -9,12 +10,21 @@ Image level: :func:`image_auroc`, :func:`f1_max`. Pixel level, from one sort of 
 from __future__ import annotations
 
 from stratad.metrics.image import f1_max, image_auroc
-from stratad.metrics.pixel import PixelMetrics, aupro, pixel_auroc, pixel_metrics, pro_curve, trapezoid
+from stratad.metrics.pixel import (
+    PixelMetrics,
+    PixelTruth,
+    aupro,
+    pixel_auroc,
+    pixel_metrics,
+    pro_curve,
+    trapezoid,
+)
 from stratad.metrics.summary import aupro_key, evaluate, harmonic_mean
 from stratad.metrics.thresholds import chi2_threshold, sigma_to_fpr
 
 __all__ = [
     "PixelMetrics",
+    "PixelTruth",
     "aupro",
     "aupro_key",
     "chi2_threshold",

@@ -81,30 +81,21 @@ def _check_mask(mask: npt.NDArray[np.generic], index: int) -> npt.NDArray[np.boo
     return mask == 1
 
 
-def check_masks_maps(
-    masks: ArraySequence, maps: ArraySequence
-) -> list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.generic]]]:
-    """Pair every ground-truth mask with its anomaly map, checking count, shape, dtype and finiteness.
-
-    Maps are returned without copying (views of the caller's arrays); only non-boolean masks are copied.
-    """
-    mask_list = list(masks)
+def check_maps(shapes: Sequence[tuple[int, ...]], maps: ArraySequence) -> list[npt.NDArray[np.generic]]:
+    """Check one anomaly map per ground-truth shape: count, shape, dtype and finiteness (no copies)."""
     map_list = list(maps)
-    if len(mask_list) != len(map_list):
-        raise MaskError(
-            f"got {len(mask_list)} masks but {len(map_list)} anomaly maps; pass one mask per map."
-        )
-    if not mask_list:
+    if len(shapes) != len(map_list):
+        raise MaskError(f"got {len(shapes)} masks but {len(map_list)} anomaly maps; pass one mask per map.")
+    if not map_list:
         raise DataError("no masks and anomaly maps were given; pixel metrics need at least one image.")
-    pairs = []
-    for index, (raw_mask, raw_map) in enumerate(zip(mask_list, map_list, strict=True)):
-        mask = np.asarray(raw_mask)
+    checked = []
+    for index, (shape, raw_map) in enumerate(zip(shapes, map_list, strict=True)):
         score_map = np.asarray(raw_map)
         if score_map.ndim != 2:
             raise DataError(f"anomaly map {index} must be 2-D (H, W), got shape {score_map.shape}.")
-        if mask.shape != score_map.shape:
+        if tuple(shape) != score_map.shape:
             raise MaskError(
-                f"mask {index} has shape {mask.shape} but anomaly map {index} has shape {score_map.shape}; "
+                f"mask {index} has shape {tuple(shape)} but anomaly map {index} has shape {score_map.shape}; "
                 "resize the map to the mask."
             )
         if score_map.dtype.kind not in _REAL_KINDS:
@@ -113,5 +104,24 @@ def check_masks_maps(
             raise DataError(
                 f"anomaly map {index} contains NaN or infinite scores; every score must be finite."
             )
-        pairs.append((_check_mask(mask, index), score_map))
-    return pairs
+        checked.append(score_map)
+    return checked
+
+
+def check_masks(masks: ArraySequence) -> list[npt.NDArray[np.bool_]]:
+    """Every ground-truth mask as a boolean array (only non-boolean masks are copied)."""
+    return [_check_mask(np.asarray(mask), index) for index, mask in enumerate(masks)]
+
+
+def check_masks_maps(
+    masks: ArraySequence, maps: ArraySequence
+) -> list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.generic]]]:
+    """Pair every ground-truth mask with its anomaly map, checking count, shape, dtype and finiteness.
+
+    Maps are returned without copying (views of the caller's arrays); only non-boolean masks are copied.
+    """
+    mask_list = [np.asarray(mask) for mask in masks]
+    map_list = check_maps([mask.shape for mask in mask_list], maps)
+    return [
+        (_check_mask(mask, index), m) for index, (mask, m) in enumerate(zip(mask_list, map_list, strict=True))
+    ]

@@ -33,7 +33,13 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from stratad.errors import DataError
-from stratad.metrics._validation import ArraySequence, check_fpr_limit, check_masks_maps
+from stratad.metrics._validation import (
+    ArraySequence,
+    check_fpr_limit,
+    check_maps,
+    check_masks,
+    check_masks_maps,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -82,46 +88,108 @@ class _SortedPixelScores:
         return np.searchsorted(self.normal_scores, thresholds, side=side)
 
 
-def _sort_pixel_scores(
-    pairs: list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.generic]]],
-) -> _SortedPixelScores:
+@dataclass(frozen=True, eq=False)
+class PixelTruth:
+    """The ground-truth masks of one test set, split into defect-free and defect pixels and labelled
+    into 8-connected regions once, to score many sets of anomaly maps against them (a feature
+    selection sweep scores every candidate node's maps against the same synthetic masks).
+
+    Pixels are numbered by image, then row-major. ``defect`` marks the defect pixels,
+    ``defect_weights`` holds 1 / (size of the pixel's region) per defect pixel in that order.
+    """
+
+    shapes: tuple[tuple[int, int], ...]
+    defect: npt.NDArray[np.bool_]
+    defect_weights: FloatArray
+    defect_counts: tuple[int, ...]
+    n_regions: int
+
+    @classmethod
+    def from_masks(cls, masks: ArraySequence) -> PixelTruth:
+        """Boolean (or exact 0/1) masks, one per test image; images may differ in size."""
+        checked = check_masks(masks)
+        if not checked:
+            raise DataError("no masks were given; pixel metrics need at least one image.")
+        return cls._from_checked(checked)
+
+    @classmethod
+    def _from_checked(cls, masks: list[npt.NDArray[np.bool_]]) -> PixelTruth:
+        for index, mask in enumerate(masks):
+            if mask.ndim != 2:
+                raise DataError(f"mask {index} must be 2-D (H, W), got shape {mask.shape}.")
+        defect = np.concatenate([mask.ravel() for mask in masks])
+        counts = tuple(int(np.count_nonzero(mask)) for mask in masks)
+        n_defect = sum(counts)
+        if n_defect == 0:
+            raise DataError(
+                "the ground-truth masks mark no defect pixel, so pixel metrics are undefined; "
+                "evaluate image scores only or include anomalous images with masks."
+            )
+        if n_defect == defect.shape[0]:
+            raise DataError("every pixel is marked as a defect, so no false-positive rate can be computed.")
+        # Each defect pixel carries 1 / (size of its region): summing these over the pixels above a
+        # threshold and dividing by the number of regions gives the mean per-region overlap.
+        weights = np.empty(n_defect, dtype=np.float64)
+        n_regions = at = 0
+        for mask, n_mask in zip(masks, counts, strict=True):
+            if n_mask == 0:
+                continue
+            regions, n_image_regions = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+            region_ids = regions[mask]
+            weights[at : at + n_mask] = 1.0 / np.bincount(region_ids)[region_ids]
+            at += n_mask
+            n_regions += int(n_image_regions)
+        shapes = tuple((int(mask.shape[0]), int(mask.shape[1])) for mask in masks)
+        return cls(shapes, defect, weights, counts, n_regions)
+
+    @property
+    def n_defect(self) -> int:
+        return int(self.defect_weights.shape[0])
+
+
+def _stacked(maps: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.generic] | None:
+    """The maps' scores as one flat array without a copy, when they are the images of one C-ordered
+    (N, H, W) array, in order (as a detector returns them); else None."""
+    base = maps[0].base
+    if not (isinstance(base, np.ndarray) and base.ndim == 3 and base.flags.c_contiguous):
+        return None
+    if base.shape[0] != len(maps):
+        return None
+    for index, score_map in enumerate(maps):
+        if score_map.base is not base or score_map.ctypes.data != base[index].ctypes.data:
+            return None
+        if score_map.shape != base.shape[1:] or not score_map.flags.c_contiguous:
+            return None
+    return base.reshape(-1)
+
+
+def _sort_pixel_scores(truth: PixelTruth, maps: list[npt.NDArray[np.generic]]) -> _SortedPixelScores:
     # Work in the narrowest float type that represents every input exactly: float32 maps stay float32
     # (half the memory of float64); float64 maps are not rounded, which could merge distinct scores
     # into ties and change the result.
-    dtype = np.result_type(np.float32, *(score_map.dtype for _, score_map in pairs))
-    defect_counts = [int(np.count_nonzero(mask)) for mask, _ in pairs]
-    n_defect = sum(defect_counts)
-    n_normal = sum(mask.size for mask, _ in pairs) - n_defect
-    if n_defect == 0:
-        raise DataError(
-            "the ground-truth masks mark no defect pixel, so pixel metrics are undefined; "
-            "evaluate image scores only or include anomalous images with masks."
-        )
-    if n_normal == 0:
-        raise DataError("every pixel is marked as a defect, so no false-positive rate can be computed.")
-
-    normal_scores = np.empty(n_normal, dtype=dtype)
-    defect_scores = np.empty(n_defect, dtype=dtype)
-    # Each defect pixel carries 1 / (size of its region): summing these over the pixels above a
-    # threshold and dividing by the number of regions gives the mean per-region overlap.
-    defect_weights = np.empty(n_defect, dtype=np.float64)
-    n_regions = 0
-    normal_at = defect_at = 0
-    for (mask, score_map), n_mask in zip(pairs, defect_counts, strict=True):
-        if n_mask == 0:
-            normal_scores[normal_at : normal_at + score_map.size] = score_map.ravel()
-            normal_at += score_map.size
-            continue
-        regions, n_image_regions = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-        n_image_normal = score_map.size - n_mask
-        normal_scores[normal_at : normal_at + n_image_normal] = score_map[~mask]
-        defect_scores[defect_at : defect_at + n_mask] = score_map[mask]
-        region_ids = regions[mask]
-        region_sizes = np.bincount(region_ids)
-        defect_weights[defect_at : defect_at + n_mask] = 1.0 / region_sizes[region_ids]
-        normal_at += n_image_normal
-        defect_at += n_mask
-        n_regions += int(n_image_regions)
+    dtype = np.result_type(np.float32, *(score_map.dtype for score_map in maps))
+    n_defect, n_regions = truth.n_defect, truth.n_regions
+    n_normal = truth.defect.shape[0] - n_defect
+    normal = ~truth.defect
+    stacked = _stacked(maps)
+    if stacked is not None:
+        normal_scores = stacked[normal].astype(dtype, copy=False)
+        defect_scores = stacked[truth.defect].astype(dtype, copy=False)
+    else:
+        normal_scores = np.empty(n_normal, dtype=dtype)
+        defect_scores = np.empty(n_defect, dtype=dtype)
+        pixel = normal_at = defect_at = 0
+        for score_map, n_mask in zip(maps, truth.defect_counts, strict=True):
+            flat = score_map.ravel()
+            n_image_normal = flat.shape[0] - n_mask
+            is_normal = normal[pixel : pixel + flat.shape[0]]
+            normal_scores[normal_at : normal_at + n_image_normal] = flat[is_normal]
+            if n_mask:
+                defect_scores[defect_at : defect_at + n_mask] = flat[~is_normal]
+            pixel += flat.shape[0]
+            normal_at += n_image_normal
+            defect_at += n_mask
+    defect_weights = truth.defect_weights
 
     normal_scores.sort()
     order = np.argsort(defect_scores)
@@ -227,11 +295,11 @@ def trapezoid(x: npt.ArrayLike, y: npt.ArrayLike, x_max: float | None = None) ->
     return float(np.sum(0.5 * (ys[1:] + ys[:-1]) * np.diff(xs)) + correction)
 
 
-def pixel_metrics_from_pairs(
-    pairs: list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.generic]]], fpr_limit: float
+def pixel_metrics_for_truth(
+    truth: PixelTruth, maps: list[npt.NDArray[np.generic]], fpr_limit: float
 ) -> PixelMetrics:
-    """:func:`pixel_metrics` on pairs already checked by ``check_masks_maps`` (shared with ``evaluate``)."""
-    scores = _sort_pixel_scores(pairs)
+    """:func:`pixel_metrics` on maps already checked against ``truth`` (shared with ``evaluate``)."""
+    scores = _sort_pixel_scores(truth, maps)
     return PixelMetrics(
         pixel_auroc=_auroc(scores),
         aupro=_aupro(scores, fpr_limit),
@@ -240,26 +308,38 @@ def pixel_metrics_from_pairs(
     )
 
 
-def pixel_metrics(masks: ArraySequence, maps: ArraySequence, fpr_limit: float = 0.3) -> PixelMetrics:
+def pixel_metrics(
+    masks: ArraySequence | PixelTruth, maps: ArraySequence, fpr_limit: float = 0.3
+) -> PixelMetrics:
     """Pixel AUROC, AU-PRO up to ``fpr_limit`` and pixel F1-max, all from one sort of the scores.
 
-    ``masks`` are boolean ground truths (True = defect) and ``maps`` anomaly maps of the same shape,
-    one pair per test image; images may differ in size. Float32 maps keep the peak memory at about
-    one extra copy of the maps.
+    ``masks`` are boolean ground truths (True = defect), or a :class:`PixelTruth` made from them
+    once for many calls, and ``maps`` anomaly maps of the same shape, one pair per test image;
+    images may differ in size. Float32 maps keep the peak memory at about one extra copy of the maps.
     """
     limit = check_fpr_limit(fpr_limit)
-    return pixel_metrics_from_pairs(check_masks_maps(masks, maps), limit)
+    truth, checked = truth_and_maps(masks, maps)
+    return pixel_metrics_for_truth(truth, checked, limit)
+
+
+def truth_and_maps(
+    masks: ArraySequence | PixelTruth, maps: ArraySequence
+) -> tuple[PixelTruth, list[npt.NDArray[np.generic]]]:
+    if isinstance(masks, PixelTruth):
+        return masks, check_maps(masks.shapes, maps)
+    pairs = check_masks_maps(masks, maps)
+    return PixelTruth._from_checked([mask for mask, _ in pairs]), [m for _, m in pairs]
 
 
 def pixel_auroc(masks: ArraySequence, maps: ArraySequence) -> float:
     """Area under the pixel-level ROC curve over all pixels of all images (ties form one ROC step)."""
-    return _auroc(_sort_pixel_scores(check_masks_maps(masks, maps)))
+    return _auroc(_sort_pixel_scores(*truth_and_maps(masks, maps)))
 
 
 def aupro(masks: ArraySequence, maps: ArraySequence, fpr_limit: float = 0.3) -> float:
     """Area under the PRO curve up to ``fpr_limit``, divided by ``fpr_limit`` so that it lies in [0, 1]."""
     limit = check_fpr_limit(fpr_limit)
-    return _aupro(_sort_pixel_scores(check_masks_maps(masks, maps)), limit)
+    return _aupro(_sort_pixel_scores(*truth_and_maps(masks, maps)), limit)
 
 
 def pro_curve(masks: ArraySequence, maps: ArraySequence) -> tuple[FloatArray, FloatArray]:
@@ -269,7 +349,7 @@ def pro_curve(masks: ArraySequence, maps: ArraySequence) -> tuple[FloatArray, Fl
     run of equal scores (all pixels >= that score counted), and ends with an extra (1, 1). It holds
     up to one point per pixel; for AU-PRO itself use :func:`aupro`, which needs far less memory.
     """
-    scores = _sort_pixel_scores(check_masks_maps(masks, maps))
+    scores = _sort_pixel_scores(*truth_and_maps(masks, maps))
     normal = scores.normal_scores
     last_of_run = np.empty(normal.shape[0], dtype=bool)
     last_of_run[-1] = True

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import numpy.typing as npt
 
 from stratad.errors import DataError, MaskError
-from stratad.metrics._validation import ArraySequence, check_fpr_limit, check_labels_scores, check_masks_maps
+from stratad.metrics._validation import ArraySequence, check_fpr_limit, check_labels_scores
 from stratad.metrics.image import f1_max, image_auroc
-from stratad.metrics.pixel import pixel_metrics_from_pairs
+from stratad.metrics.pixel import PixelTruth, pixel_metrics_for_truth, truth_and_maps
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -35,7 +34,7 @@ def aupro_key(fpr_limit: float) -> str:
 def evaluate(
     labels: npt.ArrayLike,
     image_scores: npt.ArrayLike,
-    masks: ArraySequence | None = None,
+    masks: ArraySequence | PixelTruth | None = None,
     maps: ArraySequence | None = None,
     fpr_limit: float = 0.3,
 ) -> dict[str, float]:
@@ -43,7 +42,8 @@ def evaluate(
 
     Always: ``image_auroc`` and ``f1_max``. With ``masks`` and ``maps`` (one per image, in the order
     of ``labels``) also ``pixel_auroc``, ``aupro_<limit%>``, ``pixel_f1_max`` and ``p_h``, the
-    harmonic mean of image AUROC and AU-PRO. Detectors that give image scores only pass no maps and
+    harmonic mean of image AUROC and AU-PRO; ``masks`` may be a :class:`PixelTruth` built once for
+    many evaluations against the same masks. Detectors that give image scores only pass no maps and
     get no pixel keys, rather than made-up pixel numbers.
     """
     checked_labels, checked_scores = check_labels_scores(labels, image_scores)
@@ -61,19 +61,20 @@ def evaluate(
     if masks is None or maps is None:
         return results
 
-    pairs = check_masks_maps(masks, maps)
-    if len(pairs) != checked_labels.shape[0]:
+    truth, checked_maps = truth_and_maps(masks, maps)
+    if len(checked_maps) != checked_labels.shape[0]:
         raise MaskError(
-            f"got {len(pairs)} masks for {checked_labels.shape[0]} labels; pass one mask per test image."
+            f"got {len(checked_maps)} masks for {checked_labels.shape[0]} labels; "
+            "pass one mask per test image."
         )
-    for index, ((mask, _), anomalous) in enumerate(zip(pairs, checked_labels, strict=True)):
-        if not anomalous and mask.any():
+    for index, (n_defect, anomalous) in enumerate(zip(truth.defect_counts, checked_labels, strict=True)):
+        if not anomalous and n_defect:
             raise MaskError(
-                f"image {index} is labelled normal but its mask marks {int(np.count_nonzero(mask))} "
+                f"image {index} is labelled normal but its mask marks {n_defect} "
                 "defect pixels; fix the label or the mask."
             )
 
-    pixel = pixel_metrics_from_pairs(pairs, limit)
+    pixel = pixel_metrics_for_truth(truth, checked_maps, limit)
     results["pixel_auroc"] = pixel.pixel_auroc
     results[aupro_key(limit)] = pixel.aupro
     results["pixel_f1_max"] = pixel.pixel_f1_max

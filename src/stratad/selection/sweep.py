@@ -35,6 +35,7 @@ from torch import nn
 from stratad.detectors.base import build_detector, build_seeded_detector
 from stratad.errors import StratadError
 from stratad.features.types import FeatureBatch
+from stratad.metrics import PixelTruth
 from stratad.pipeline import postprocess_maps, resize_map
 
 RESULT_COLUMNS = (
@@ -195,9 +196,13 @@ def _score_node(node: str) -> dict[str, Any]:
     scores = det.score(FeatureBatch({node: test}, size))
     t2 = time.perf_counter()
     if scores.maps is not None:
+        truth: PixelTruth = _SHARED["truth"]
         maps = postprocess_maps(scores.maps, cfg.image_size, cfg.smoothing_sigma)
-        full = [resize_map(m, mask.shape) for m, mask in zip(maps, ev.masks, strict=True)]
-        metrics = evaluate(ev.labels, scores.image_scores, list(ev.masks), full, fpr_limit=cfg.fpr_limit)
+        full = [
+            m if m.shape == shape else resize_map(m, shape)
+            for m, shape in zip(maps, truth.shapes, strict=True)
+        ]
+        metrics = evaluate(ev.labels, scores.image_scores, truth, full, fpr_limit=cfg.fpr_limit)
     else:
         metrics = evaluate(ev.labels, scores.image_scores, fpr_limit=cfg.fpr_limit)
     return {"node": node, **metrics, "fit_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3)}
@@ -230,12 +235,14 @@ def run_sweep(
 
     budget = memory_budget_bytes(cfg)  # bad settings fail before anything is written
     resolve_workers(cfg.workers)
+    det_cls = type(build_detector(cfg.detector, **cfg.detector_params))
+    # The masks are the same for every node: label their defect regions once.
+    truth = PixelTruth.from_masks(evaluation.masks) if det_cls.localizes else None
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(out_dir, cfg, len(train_images), len(evaluation.images))
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
     candidates = resolve_nodes(backbone, cfg.nodes)
     infos = {i.name: i for i in list_nodes(backbone, image_size=cfg.image_size)}
-    det_cls = type(build_detector(cfg.detector, **cfg.detector_params))
     if det_cls.localizes:
         skipped = [n for n in candidates if infos[n].height == 0]
         candidates = [n for n in candidates if infos[n].height > 0]
@@ -274,6 +281,7 @@ def run_sweep(
                 _SHARED.update(
                     config=cfg,
                     eval=evaluation,
+                    truth=truth,
                     **_extract_chunk(backbone, chunk, cfg, train_images, evaluation, extracting),
                 )
                 aliases = _identical_nodes(chunk, _SHARED["train"], _SHARED["test"])
