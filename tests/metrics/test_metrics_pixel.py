@@ -246,6 +246,30 @@ def test_truth_checks_its_maps() -> None:
         PixelTruth.from_masks([np.full((4, 4), 255)])
 
 
+def test_lattice_keeps_full_resolution_regions() -> None:
+    # One U-shaped region: two bars in even columns joined through an odd row that the stride-2
+    # lattice never sees, plus a one-pixel region at odd coordinates that the lattice misses.
+    mask = np.zeros((9, 9), dtype=bool)
+    mask[0:7, 2] = mask[0:7, 6] = True
+    mask[7, 2:7] = True
+    lone = np.zeros((9, 9), dtype=bool)
+    lone[5, 5] = True
+    truth = PixelTruth.from_masks([mask, lone], stride=2)
+    assert truth.shapes == ((5, 5), (5, 5))
+    assert truth.n_regions == 1  # the U once, the unsampled pixel not at all
+    # Left bar fully detected, right bar not: half of the sampled region is covered.
+    score = np.zeros((9, 9), dtype=np.float32)
+    score[:, :4] = 1.0
+    maps = [score[::2, ::2], np.zeros((5, 5), dtype=np.float32)]
+    _, pros = pro_curve(truth, maps)
+    assert pros[1] == pytest.approx(0.5)
+    np.testing.assert_array_equal(
+        PixelTruth.from_masks([mask, lone], stride=1).defect, np.concatenate([mask.ravel(), lone.ravel()])
+    )
+    with pytest.raises(DataError, match="stride"):
+        PixelTruth.from_masks([mask], stride=0)
+
+
 # --- trapezoid and errors ---------------------------------------------------------------------------
 
 

@@ -142,6 +142,38 @@ def test_sweep_options_fast_by_default_exact_on_request() -> None:
     assert sweep_detector_params(cfg)["projection_dim"] == 99
 
 
+def test_fast_sweep_metrics_on_a_pixel_lattice(tmp_path: Path) -> None:
+    from stratad.errors import StratadError
+    from stratad.selection.sweep import effective_pixel_stride
+
+    assert effective_pixel_stride(SweepConfig()) == 2
+    assert effective_pixel_stride(SweepConfig(exact=True)) == 1
+    with pytest.raises(StratadError, match="pixel_stride"):
+        effective_pixel_stride(SweepConfig(pixel_stride=0))
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    base = {
+        "backbone": "twin_test",
+        "weights": "random",
+        "nodes": ["informative"],
+        "detector_params": {"coreset_size": 50},
+        "image_size": 64,
+        "batch_size": 8,
+    }
+    rows = {}
+    for stride in (1, 2):
+        out = tmp_path / f"stride{stride}"
+        rows[stride] = select_features(
+            train, SweepConfig(**base, pixel_stride=stride), out, defects="simple"
+        ).table[0]
+        assert json.loads((out / "sweep.json").read_text())["pixel_stride"] == stride
+    assert rows[1]["image_auroc"] == rows[2]["image_auroc"]
+    assert rows[1]["aupro_30"] != rows[2]["aupro_30"]  # other pixels...
+    assert float(rows[1]["aupro_30"]) == pytest.approx(float(rows[2]["aupro_30"]), abs=0.03)  # ...same area
+    with pytest.raises(StratadError, match="pixel_stride"):
+        select_features(train, SweepConfig(**base, pixel_stride=-1), tmp_path / "bad", defects="simple")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_memory_budget_and_workers_resolve() -> None:
     from stratad.errors import StratadError
     from stratad.selection.sweep import memory_budget_bytes, resolve_workers

@@ -8,8 +8,9 @@ limitation. Here:
   costs ONE pass of every image through the backbone, pruned at the chunk's deepest node, and
   images are decoded only once; identity nodes share their input's cached tensor and are scored once;
 - unless ``exact``, every node is fitted with the detector's ``sweep_params`` (PatchCore: a 32-d
-  projection while choosing the coreset), cheaper approximations whose node ranking was measured
-  against the exact one (``benchmarks/sweep_fidelity.py``);
+  projection while choosing the coreset) and pixel metrics see every ``pixel_stride``-th row and
+  column, cheaper approximations whose node ranking was measured against the exact one
+  (``benchmarks/sweep_fidelity.py``);
 - the per-node fit / score / metrics work of a chunk runs in ``workers`` forked processes that share
   the chunk's features copy-on-write;
 - each finished node is appended to ``nodes.csv`` at once, so a killed sweep resumes where it stopped.
@@ -74,6 +75,9 @@ class SweepConfig:
     #: fit with exactly ``detector_params``; by default the detector's ``sweep_params`` (cheaper
     #: approximations measured to keep the node ranking) fill in options the user did not set
     exact: bool = False
+    #: unless ``exact``, pixel metrics are computed on every ``pixel_stride``-th row and column of
+    #: the maps and masks (a regular subsample of the smooth maps: 2 = a quarter of the pixels)
+    pixel_stride: int = 2
     seed: int = 0
     smoothing_sigma: float = 4.0
     fpr_limit: float = 0.3
@@ -153,6 +157,13 @@ def sweep_detector_params(cfg: SweepConfig) -> dict[str, Any]:
     return {**detector_class(cfg.detector).sweep_params, **cfg.detector_params}
 
 
+def effective_pixel_stride(cfg: SweepConfig) -> int:
+    """Row and column step of the pixels that the metrics see: 1 for an ``exact`` sweep."""
+    if cfg.pixel_stride < 1:
+        raise StratadError(f"pixel_stride must be >= 1 (1 = every pixel), got {cfg.pixel_stride}")
+    return 1 if cfg.exact else cfg.pixel_stride
+
+
 def available_memory_mb() -> int:
     """Memory the system can give without swapping (Linux MemAvailable; else total / 2)."""
     try:
@@ -197,11 +208,12 @@ def _score_node(node: str) -> dict[str, Any]:
     t2 = time.perf_counter()
     if scores.maps is not None:
         truth: PixelTruth = _SHARED["truth"]
+        step = effective_pixel_stride(cfg)
         maps = postprocess_maps(scores.maps, cfg.image_size, cfg.smoothing_sigma)
-        full = [
-            m if m.shape == shape else resize_map(m, shape)
-            for m, shape in zip(maps, truth.shapes, strict=True)
-        ]
+        if all(tuple(mask.shape) == maps.shape[1:] for mask in ev.masks):
+            full = list(np.ascontiguousarray(maps[:, ::step, ::step]))
+        else:
+            full = [resize_map(m, mask.shape)[::step, ::step] for m, mask in zip(maps, ev.masks, strict=True)]
         metrics = evaluate(ev.labels, scores.image_scores, truth, full, fpr_limit=cfg.fpr_limit)
     else:
         metrics = evaluate(ev.labels, scores.image_scores, fpr_limit=cfg.fpr_limit)
@@ -237,7 +249,8 @@ def run_sweep(
     resolve_workers(cfg.workers)
     det_cls = type(build_detector(cfg.detector, **cfg.detector_params))
     # The masks are the same for every node: label their defect regions once.
-    truth = PixelTruth.from_masks(evaluation.masks) if det_cls.localizes else None
+    step = effective_pixel_stride(cfg)
+    truth = PixelTruth.from_masks(evaluation.masks, stride=step) if det_cls.localizes else None
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(out_dir, cfg, len(train_images), len(evaluation.images))
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
@@ -418,6 +431,7 @@ def _check_resumable(out_dir: Path, cfg: SweepConfig, n_train: int, n_eval: int)
         "batch_size": None,
         "device": None,
         "memory_budget_mb": None,
+        "pixel_stride": effective_pixel_stride(cfg),
         "n_train": n_train,
         "n_eval": n_eval,
     }
