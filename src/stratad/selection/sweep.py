@@ -221,8 +221,12 @@ def _score_node(node: str) -> dict[str, Any]:
 
 
 def _worker_init() -> None:
-    # One thread per worker process: the workers themselves are the parallelism.
+    # One thread per worker process: the workers themselves are the parallelism. That includes
+    # NumPy's BLAS (the coreset loop), whose threads would otherwise spin against the other worker.
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
+    threadpool_limits(1)
     try:
         import faiss
 
