@@ -1,4 +1,4 @@
-"""Thread settings on this machine: OpenMP wait policy x torch threads, for the two hot paths.
+"""Thread settings on this machine: OpenMP wait policy x threads (torch, faiss, NumPy BLAS), hot paths.
 
 Each setting runs in a fresh process (the policy is read when libgomp loads). Writes JSON:
 
@@ -26,6 +26,8 @@ threads = int(sys.argv[1])
 torch.set_num_threads(threads)
 import faiss
 faiss.omp_set_num_threads(threads)
+from threadpoolctl import threadpool_limits
+threadpool_limits(threads, user_api="blas")  # NumPy's BLAS runs the coreset loop
 ext = NodeExtractor(build_backbone("efficientnet_lite0"), ["blocks.2", "blocks.4"])
 x = torch.rand(16, 3, 256, 256)
 ext(x)

@@ -344,7 +344,8 @@ ExactOpt = Annotated[
     bool,
     typer.Option(
         "--exact/--fast",
-        help="fit every node with exactly the detector options (slower), not the sweep's cheaper ones",
+        help="fit every node with exactly the detector options and score every pixel (slower), not the "
+        "sweep's cheaper defaults (PatchCore's 32-d coreset search, pixel metrics on a stride-2 lattice)",
     ),
 ]
 RfOpt = Annotated[bool, typer.Option("--rf/--no-rf", help="add each node's relative receptive field")]
