@@ -1,8 +1,9 @@
-"""Does the sweep's cheaper coreset keep the node ranking? MTD, EfficientNet-Lite0, NSA, seed 0.
+"""Does the fast sweep keep the node ranking? MTD, EfficientNet-Lite0, NSA, seed 0.
 
-Runs `select_features` over all 149 spatial nodes with PatchCore (coreset 1000) four ways: the
+Runs `select_features` over all 149 spatial nodes with PatchCore (coreset 1000) five ways: the
 exact 128-d coreset projection (coreset seed 0), the same with coreset seed 1 (the noise floor of
-the ranking itself), 64-d, and the sweep default (PatchCore's ``sweep_params``, 32-d). Each is
+the ranking itself), 64-d, 128-d with the fast sweep's pixel metrics on a stride-2 lattice, and the
+sweep default (PatchCore's ``sweep_params``, 32-d, plus the lattice). Each is
 compared with the first by the Spearman correlation of per-node synthetic P_h, the mean absolute
 P_h difference, and the selected node. Sweep folders in --work are resumable. Writes JSON:
 
@@ -33,6 +34,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "p128_seed0": {"exact": True, "params": {}},
     "p128_seed1": {"exact": True, "params": {"seed": 1}},
     "p64": {"exact": True, "params": {"projection_dim": 64}},
+    # The fast sweep's pixel lattice alone: 128-d coreset (the user's option wins), stride-2 metrics.
+    "p128_lattice2": {"exact": False, "params": {"projection_dim": 128}},
     "sweep_default": {"exact": False, "params": {}},
 }
 

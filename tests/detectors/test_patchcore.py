@@ -52,6 +52,18 @@ def test_coreset_is_k_center_and_seeded() -> None:
     assert coreset_count(50, 1000, None) == 50
 
 
+def test_coreset_numpy_and_torch_loops_pick_the_same_points() -> None:
+    # The CPU runs the NumPy loop; a GPU bank runs the torch one: both must pick the same rows.
+    from stratad.detectors.coreset import _farthest_points_numpy, _farthest_points_torch
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(3000, 16, generator=g) * torch.linspace(0.1, 3.0, 16)
+    expected = _farthest_points_torch(bank, 200, 7)
+    got = torch.from_numpy(_farthest_points_numpy(bank.numpy(), 200, 7))
+    assert torch.equal(got, expected)
+    assert len(set(got.tolist())) == 200
+
+
 def test_bad_options_are_clear() -> None:
     assert "patchcore" in list_detectors()
     with pytest.raises(DetectorError, match="unknown detector"):
