@@ -82,6 +82,7 @@ def main() -> None:
             "settings": VARIANTS[name],
             "spearman_vs_p128_seed0": round(float(spearmanr(a, b).statistic), 4),
             "mean_abs_p_h_difference": round(mean_abs(a, b), 4),
+            "max_abs_p_h_difference": round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 4),
             "selected": selected[name],
             "top5": ranked[:5],
             "node_fit_seconds_sum": round(sum(float(table[n]["fit_s"]) for n in nodes), 1),
