@@ -471,7 +471,8 @@ def sweep(
     """Analysis: fit on the training split and evaluate EVERY node on the real test split.
 
     Pixel metrics use masks resized to the network input size (not the official original
-    resolution) to keep hundreds of nodes affordable; `stratad evaluate` gives official numbers.
+    resolution), and unless --exact every second pixel row and column, to keep hundreds of nodes
+    affordable; `stratad evaluate` gives official numbers.
     """
     from stratad.selection import EvalSet, run_sweep
     from stratad.selection.sweep import load_uint8_images
