@@ -58,6 +58,7 @@ def main() -> None:
     tables: dict[str, dict[str, dict[str, Any]]] = {}
     selected: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    resumed: dict[str, bool] = {}
     for name, variant in VARIANTS.items():
         cfg = SweepConfig(
             nodes=["all"],
@@ -66,6 +67,7 @@ def main() -> None:
             workers=args.workers,
             exact=variant["exact"],
         )
+        resumed[name] = (args.work / name / "nodes.csv").exists()
         t0 = time.perf_counter()
         result = select_features(split.train, cfg, args.work / name, defects="nsa")
         seconds[name] = round(time.perf_counter() - t0, 1)
@@ -86,7 +88,9 @@ def main() -> None:
             "selected": selected[name],
             "top5": ranked[:5],
             "node_fit_seconds_sum": round(sum(float(table[n]["fit_s"]) for n in nodes), 1),
-            "wall_seconds_this_run": seconds[name],
+            # a resumed sweep's time says nothing about its cost
+            "wall_seconds": None if resumed[name] else seconds[name],
+            "resumed_from_work_folder": resumed[name],
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2))
