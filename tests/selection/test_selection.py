@@ -42,6 +42,20 @@ if "twin_test" not in list_backbones():
         )
 
 
+def _twin_sweep(**overrides: object) -> SweepConfig:
+    """A sweep of the twin backbone's nodes with a small PatchCore, at 64 px."""
+    settings: dict[str, object] = {
+        "backbone": "twin_test",
+        "weights": "random",
+        "nodes": ["all"],
+        "detector": "patchcore",
+        "detector_params": {"coreset_size": 50},
+        "image_size": 64,
+        "batch_size": 8,
+    }
+    return SweepConfig(**{**settings, **overrides})  # type: ignore[arg-type]
+
+
 def test_split_is_disjoint_and_deterministic(tmp_path: Path) -> None:
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
     a, b, c = selection_split(train, seed=1), selection_split(train, seed=1), selection_split(train, seed=2)
@@ -67,15 +81,7 @@ def test_validation_set_masks_are_exact(tmp_path: Path) -> None:
 
 def test_selection_picks_the_informative_node_and_resumes(tmp_path: Path) -> None:
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
-    cfg = SweepConfig(
-        backbone="twin_test",
-        weights="random",
-        nodes=["all"],
-        detector="patchcore",
-        detector_params={"coreset_size": 50},
-        image_size=64,
-        batch_size=8,
-    )
+    cfg = _twin_sweep()
     out = tmp_path / "sel"
     result = select_features(train, cfg, out, defects="simple")
     assert result.node == "informative"
@@ -108,19 +114,8 @@ def test_choose_orders_by_criterion() -> None:
 
 def test_parallel_workers_give_identical_results(tmp_path: Path) -> None:
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
-    base = {
-        "backbone": "twin_test",
-        "weights": "random",
-        "nodes": ["all"],
-        "detector": "patchcore",
-        "detector_params": {"coreset_size": 50},
-        "image_size": 64,
-        "batch_size": 8,
-    }
-    serial = select_features(train, SweepConfig(**base, workers=1), tmp_path / "serial", defects="cutpaste")
-    parallel = select_features(
-        train, SweepConfig(**base, workers=2), tmp_path / "parallel", defects="cutpaste"
-    )
+    serial = select_features(train, _twin_sweep(workers=1), tmp_path / "serial", defects="cutpaste")
+    parallel = select_features(train, _twin_sweep(workers=2), tmp_path / "parallel", defects="cutpaste")
     columns = ("node", "image_auroc", "aupro_30", "p_h")
     assert [[r[c] for c in columns] for r in serial.table] == [
         [r[c] for c in columns] for r in parallel.table
@@ -151,26 +146,20 @@ def test_fast_sweep_metrics_on_a_pixel_lattice(tmp_path: Path) -> None:
     with pytest.raises(StratadError, match="pixel_stride"):
         effective_pixel_stride(SweepConfig(pixel_stride=0))
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
-    base = {
-        "backbone": "twin_test",
-        "weights": "random",
-        "nodes": ["informative"],
-        "detector_params": {"coreset_size": 50},
-        "image_size": 64,
-        "batch_size": 8,
-    }
     rows = {}
     for stride in (1, 2):
         out = tmp_path / f"stride{stride}"
         rows[stride] = select_features(
-            train, SweepConfig(**base, pixel_stride=stride), out, defects="simple"
+            train, _twin_sweep(nodes=["informative"], pixel_stride=stride), out, defects="simple"
         ).table[0]
         assert json.loads((out / "sweep.json").read_text())["pixel_stride"] == stride
     assert rows[1]["image_auroc"] == rows[2]["image_auroc"]
     assert rows[1]["aupro_30"] != rows[2]["aupro_30"]  # other pixels...
     assert float(rows[1]["aupro_30"]) == pytest.approx(float(rows[2]["aupro_30"]), abs=0.03)  # ...same area
     with pytest.raises(StratadError, match="pixel_stride"):
-        select_features(train, SweepConfig(**base, pixel_stride=-1), tmp_path / "bad", defects="simple")
+        select_features(
+            train, _twin_sweep(nodes=["informative"], pixel_stride=-1), tmp_path / "bad", defects="simple"
+        )
     assert not (tmp_path / "bad").exists()
 
 
@@ -189,9 +178,7 @@ def test_memory_budget_and_workers_resolve() -> None:
 
 def test_image_only_detectors_select_by_image_auroc(tmp_path: Path) -> None:
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
-    cfg = SweepConfig(
-        backbone="twin_test", weights="random", nodes=["all"], detector="dn2", image_size=64, batch_size=8
-    )
+    cfg = _twin_sweep(detector="dn2", detector_params={})
     from stratad.errors import StratadError
 
     with pytest.raises(StratadError, match="p_cls"):
@@ -203,14 +190,7 @@ def test_image_only_detectors_select_by_image_auroc(tmp_path: Path) -> None:
 
 def test_sweep_reports_extraction_and_node_progress(tmp_path: Path) -> None:
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
-    cfg = SweepConfig(
-        backbone="twin_test",
-        weights="random",
-        nodes=["all"],
-        detector_params={"coreset_size": 50},
-        image_size=64,
-        batch_size=4,
-    )
+    cfg = _twin_sweep(batch_size=4)
     seen: list[tuple[str, int, int]] = []
     select_features(train, cfg, tmp_path / "sel", defects="simple", progress=lambda *a: seen.append(a))
     extraction = [label for label, _, _ in seen if label.startswith("features of")]
