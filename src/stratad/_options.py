@@ -7,7 +7,9 @@ Detector and synthetic-defect configs are dataclasses; this turns ``{"coreset_si
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -16,6 +18,34 @@ from typing import Any
 import numpy as np
 
 from stratad.errors import StratadError
+
+_BOUNDS = "stratad_bounds"
+
+
+def bounded(
+    default: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Any:
+    """A dataclass field whose value must lie in [low, high] (``(low, high]`` with ``low_open``);
+    ``None`` stays allowed for optional fields. The constraint is declared once, beside the default,
+    and checked by :func:`check_bounds` when options come in (``-p key=value``, a model file)."""
+    return dataclasses.field(default=default, metadata={_BOUNDS: (low, high, low_open)})
+
+
+def check_bounds(config: Any, error: type[StratadError], owner: str) -> None:
+    """Raise ``error`` naming the first field of the dataclass instance ``config`` out of its bounds."""
+    for f in dataclasses.fields(config):
+        if _BOUNDS not in f.metadata:
+            continue
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        low, high, low_open = f.metadata[_BOUNDS]
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high:
+            left = "(" if low_open else "["
+            span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+            raise error(f"option {f.name} of {owner} must lie in {span}, got {value}")
 
 
 def coerce_options(
@@ -26,9 +56,11 @@ def coerce_options(
     fields = {f.name for f in dataclasses.fields(config_class)}
     out: dict[str, Any] = {}
     for key, value in params.items():
-        name = key.replace("-", "_")
+        name = key.replace("-", "_") if isinstance(key, str) else key
         if name not in fields:
-            raise error(f"unknown option {key!r} for {owner}; options: {', '.join(sorted(fields))}")
+            close = difflib.get_close_matches(str(name), sorted(fields), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise error(f"unknown option {key!r} for {owner}{hint}; options: {', '.join(sorted(fields))}")
         out[name] = _coerce(hints[name], value, name, error)
     return out
 
@@ -48,6 +80,16 @@ def _coerce(tp: Any, value: Any, name: str, error: type[StratadError]) -> Any:
             except StratadError:
                 continue
         raise error(f"option {name}: cannot use {value!r}")
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise error(f"option {name}: {value!r} is not a list")
+        inner = args[0] if args else str
+        return [_coerce(inner, v.strip() if isinstance(v, str) else v, name, error) for v in items]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise error(f"option {name}: {value!r} is not a mapping")
+        return dict(value)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -81,9 +123,14 @@ def _coerce(tp: Any, value: Any, name: str, error: type[StratadError]) -> Any:
         try:
             if isinstance(value, bool):
                 raise TypeError(value)
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise error(f"option {name}: {value!r} is not a valid float") from None
+        if not math.isfinite(number):
+            raise error(f"option {name}: {value!r} is not a finite number")
+        return number
     if tp is str:
+        if isinstance(value, (dict, list, tuple)):
+            raise error(f"option {name}: {value!r} is not a text value")
         return str(value)
     return value

@@ -8,26 +8,31 @@ from typing import Any
 
 import numpy as np
 
-from stratad.data.datasets import ImageRecord
+from stratad.data.datasets import ImageRecord, MissingMasks, pixel_records
 from stratad.data.io import read_mask
-from stratad.errors import StratadError
+from stratad.errors import MaskError, StratadError
 from stratad.pipeline import Pipeline, Prediction
 
 
 def load_masks(records: Sequence[ImageRecord], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-    """Ground truth at each image's original resolution; good images (and defects without a mask
-    file) get an empty mask."""
+    """Ground truth at each image's original resolution; good images get an empty mask, and a
+    defective image without a mask file is an error (see :func:`pixel_records`)."""
     masks = []
     for record, size in zip(records, sizes, strict=True):
-        if record.mask_path is None:
-            masks.append(np.zeros(size, dtype=bool))
-        else:
+        if record.mask_path is not None:
             masks.append(read_mask(record.mask_path, expected_hw=size))
+        elif record.label:
+            raise MaskError(f"no mask found for the defective image {record.path}")
+        else:
+            masks.append(np.zeros(size, dtype=bool))
     return masks
 
 
 def metrics_for(
-    records: Sequence[ImageRecord], prediction: Prediction, fpr_limit: float = 0.3
+    records: Sequence[ImageRecord],
+    prediction: Prediction,
+    fpr_limit: float = 0.3,
+    missing_masks: MissingMasks | str = MissingMasks.error,
 ) -> dict[str, Any]:
     from stratad.metrics import evaluate
 
@@ -36,9 +41,14 @@ def metrics_for(
         raise StratadError("the test set needs both good and defective images to compute metrics")
     if prediction.maps is None:
         return evaluate(labels, prediction.image_scores, fpr_limit=fpr_limit)
-    masks = load_masks(records, prediction.original_sizes)
-    maps = [prediction.map_at_original_size(i) for i in range(len(records))]
-    return evaluate(labels, prediction.image_scores, masks, maps, fpr_limit=fpr_limit)
+    keep, missing = pixel_records(list(records), missing_masks)
+    masks = load_masks([records[i] for i in keep], [prediction.original_sizes[i] for i in keep])
+    maps = [prediction.map_at_original_size(i) for i in keep]
+    result: dict[str, Any] = evaluate(
+        labels, prediction.image_scores, masks, maps, fpr_limit=fpr_limit, pixel_images=keep
+    )
+    result["n_excluded_from_pixel_metrics"] = len(missing)
+    return result
 
 
 def evaluate_pipeline(
@@ -46,13 +56,17 @@ def evaluate_pipeline(
     records: Sequence[ImageRecord],
     progress: Callable[[int], None] | None = None,
     fpr_limit: float = 0.3,
+    missing_masks: MissingMasks | str = MissingMasks.error,
 ) -> tuple[dict[str, Any], Prediction]:
+    """Score ``records`` and compute every metric. Missing masks are checked before any scoring."""
     if not records:
         raise StratadError("the test set is empty")
+    if pipeline.detector.localizes:
+        pixel_records(list(records), missing_masks)
     t0 = time.perf_counter()
     prediction = pipeline.predict(records, progress)
     predict_s = time.perf_counter() - t0
-    result = metrics_for(records, prediction, fpr_limit)
+    result = metrics_for(records, prediction, fpr_limit, missing_masks)
     result.update(
         {
             "n_test_images": len(records),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from stratad.data.augment import augmented_batch, parse_augmentations
 from stratad.data.datasets import ImageRecord
-from stratad.data.io import load_image
+from stratad.data.io import check_bit_depth, detect_bit_depth, load_image
 from stratad.detectors.base import (
     Detector,
     build_seeded_detector,
@@ -26,6 +26,7 @@ from stratad.detectors.base import (
     detector_class,
     detector_from_state,
 )
+from stratad.device import loadable_device, resolve_device
 from stratad.errors import ModelFileError, StratadError
 from stratad.export.io import load_tensors, save_tensors
 from stratad.features.types import FeatureBatch
@@ -53,6 +54,26 @@ class PipelineConfig:
     patch_stride: int = 4
     #: extra transformed copies of the training images (hflip, vflip, rot90/180/270, jitter)
     train_augmentations: list[str] = field(default_factory=list)
+    #: bits per sample of >8-bit images (12-bit camera data in 16-bit files: 12); None until fit,
+    #: which takes the smallest depth holding every training image (see ``detect_bit_depth``)
+    bit_depth: int | None = None
+
+
+def check_config(c: PipelineConfig) -> None:
+    """Pipeline settings that no fit could use: refused before any work (and in foreign model files)."""
+    if c.image_size < 32:
+        raise StratadError(f"image size must be at least 32 pixels, got {c.image_size}")
+    if c.batch_size < 1:
+        raise StratadError(f"batch size must be at least 1, got {c.batch_size}")
+    if c.patch_size and not 0 < c.patch_size <= c.image_size:
+        raise StratadError(f"patch size must lie in [1, {c.image_size}] (the image size), got {c.patch_size}")
+    if c.patch_stride < 1:
+        raise StratadError(f"patch stride must be at least 1, got {c.patch_stride}")
+    if not (c.smoothing_sigma >= 0 and np.isfinite(c.smoothing_sigma)):
+        raise StratadError(f"smoothing sigma must be a finite number >= 0, got {c.smoothing_sigma}")
+    if any(not isinstance(n, str) or not n.strip() for n in c.nodes):
+        raise StratadError("node names must be non-empty (see `stratad nodes`)")
+    check_bit_depth(c.bit_depth)
 
 
 @dataclass
@@ -113,6 +134,32 @@ def postprocess_maps(maps: np.ndarray, size: int, sigma: float) -> np.ndarray:
     return torch.matmul(torch.matmul(rows, t), cols.T).numpy()
 
 
+def _config_from_file(path: PathLike, meta: dict[str, Any]) -> PipelineConfig:
+    from stratad._options import coerce_options
+
+    raw = meta.get("config")
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{path} is damaged: it has no pipeline config")
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ModelFileError(
+            f"{path} has settings this stratad does not know ({', '.join(unknown)}): it was made by a "
+            "newer stratad or edited by hand"
+        )
+    missing = sorted(known - set(raw) - {"bit_depth"})  # bit_depth: new in format 2, None before
+    if missing:
+        raise ModelFileError(f"{path} is damaged: its config lacks {', '.join(missing)}")
+    try:
+        cfg = PipelineConfig(**coerce_options(PipelineConfig, raw, ModelFileError, "the pipeline"))
+        if not isinstance(cfg.detector_params, dict):
+            raise ModelFileError("detector_params is not an object")
+        check_config(cfg)
+    except StratadError as exc:
+        raise ModelFileError(f"{path} holds an unusable config: {exc}") from None
+    return cfg
+
+
 def _path_of(item: ImageSource) -> Path:
     return item.path if isinstance(item, ImageRecord) else Path(item)
 
@@ -133,15 +180,8 @@ class Pipeline:
         patch_size: int = 0,
         patch_stride: int = 4,
         train_augmentations: Sequence[str] = (),
+        bit_depth: int | None = None,
     ) -> None:
-        if image_size < 32:
-            raise StratadError(f"image size must be at least 32 pixels, got {image_size}")
-        if batch_size < 1:
-            raise StratadError(f"batch size must be at least 1, got {batch_size}")
-        if patch_size and not 0 < patch_size <= image_size:
-            raise StratadError(f"patch size must lie in [1, {image_size}] (the image size), got {patch_size}")
-        if patch_stride < 1:
-            raise StratadError(f"patch stride must be at least 1, got {patch_stride}")
         requested = [nodes] if isinstance(nodes, str) else list(nodes or [])
         self.config = PipelineConfig(
             backbone,
@@ -157,7 +197,10 @@ class Pipeline:
             patch_size,
             patch_stride,
             [a.value for a in parse_augmentations(train_augmentations)],
+            bit_depth,
         )
+        check_config(self.config)
+        self.config.device = resolve_device(device)
         # Validate the detector name and options now, before any expensive work.
         self.detector: Detector = build_seeded_detector(detector, self.config.detector_params, seed)
         self._extractor: Any = None
@@ -221,7 +264,7 @@ class Pipeline:
         size = self.config.image_size
         for start in range(0, len(items), self.config.batch_size):
             chunk = items[start : start + self.config.batch_size]
-            loaded = [load_image(_path_of(it), size) for it in chunk]
+            loaded = [load_image(_path_of(it), size, self.config.bit_depth) for it in chunk]
             yield torch.stack([t for t, _ in loaded]), [hw for _, hw in loaded]
 
     def iter_features(
@@ -265,6 +308,8 @@ class Pipeline:
         if not images:
             raise StratadError("no training images")
         t0 = time.perf_counter()
+        if self.config.bit_depth is None:
+            self.config.bit_depth = detect_bit_depth(_path_of(i) for i in images)
         train = self.extract(images, progress, augment=True)
         t1 = time.perf_counter()
         self.fit_features(train)
@@ -286,18 +331,48 @@ class Pipeline:
         scores: list[np.ndarray] = []
         maps: list[np.ndarray] = []
         sizes: list[tuple[int, int]] = []
-        for batch, batch_sizes in self.iter_features(images, progress):
-            out = self.detector.score(batch)
-            scores.append(out.image_scores)
-            if out.maps is not None:
-                maps.append(self.postprocess_maps(out.maps))
+        for batch, batch_sizes in self._batches(images):
+            image_scores, image_maps = self.score_images(batch)
+            scores.append(image_scores)
+            if image_maps is not None:
+                maps.append(image_maps)
             sizes.extend(batch_sizes)
+            if progress is not None:
+                progress(len(batch_sizes))
         return Prediction(
             [_path_of(i) for i in images],
             np.concatenate(scores).astype(np.float32),
             np.concatenate(maps) if maps else None,
             sizes,
         )
+
+    def score_images(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image scores (N,) and smoothed maps (N, S, S) of images in [0, 1] at the network size.
+
+        Each image passes the backbone and the detector on its own: convolution and matrix-product
+        kernels pick their algorithm by batch shape, so a batched image's score would differ in the
+        7th digit from the same image scored alone (or in a batch with other images). One image at a
+        time makes a score a function of its image only; on the CPU that costs little (the 2-core
+        backbone rate of EfficientNet-Lite0 at batch 1 is within ~20% of batch 16).
+        """
+        size = (self.config.image_size, self.config.image_size)
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        for i in range(images.shape[0]):
+            one = images[i : i + 1]
+            if self.config.patch_size:
+                from stratad.features.patches import extract_patch_features
+
+                feats = extract_patch_features(
+                    self.extractor, one, self.config.patch_size, self.config.patch_stride
+                )
+            else:
+                feats = self.extractor(one)
+            out = self.detector.score(FeatureBatch({n: feats[n] for n in self.config.nodes}, size))
+            scores.append(np.asarray(out.image_scores, dtype=np.float32).reshape(1))
+            if out.maps is not None:
+                maps.append(self.postprocess_maps(out.maps))
+        return np.concatenate(scores), (np.concatenate(maps) if maps else None)
 
     def postprocess_maps(self, maps: np.ndarray) -> np.ndarray:
         c = self.config
@@ -320,21 +395,40 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: PathLike, device: str | None = None) -> Pipeline:
+        """A saved pipeline, on ``device`` (default: the one it was fitted on when this machine has
+        it, else the CPU). Any damaged, hand-edited or foreign file is one :class:`ModelFileError`."""
         tensors, meta = load_tensors(path)
         if meta.get("kind") != "pipeline":
             raise ModelFileError(f"{path} holds no stratad pipeline (kind={meta.get('kind')!r})")
-        cfg = PipelineConfig(**meta["config"])
-        if device is not None:
-            cfg.device = device
+        cfg = _config_from_file(path, meta)
+        cfg.device = loadable_device(cfg.device, device)
         pipe = cls.__new__(cls)
         pipe.config = cfg
         state = {k.removeprefix("detector."): v for k, v in tensors.items() if k.startswith("detector.")}
-        pipe.detector = detector_from_state(cfg.detector, cfg.detector_params, state)
+        try:
+            pipe.detector = detector_from_state(cfg.detector, cfg.detector_params, state)
+        except StratadError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
         pipe._extractor = None
         pipe._backbone = None
         pipe.fitted_ = True
         pipe.timings_ = {}
+        pipe._check_runs(path)
         return pipe
+
+    def _check_runs(self, path: PathLike) -> None:
+        """Score one blank image: a state whose shapes do not fit the backbone and nodes (a foreign or
+        hand-made file) fails here, as one :class:`ModelFileError`, instead of deep inside a run."""
+        size = self.config.image_size
+        try:
+            scores, maps = self.score_images(torch.full((1, 3, size, size), 0.5))
+        except StratadError:
+            raise
+        except Exception as exc:  # any kernel error means the stored state does not fit the network
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path} does not fit its backbone and nodes ({text})") from None
+        if not np.isfinite(scores).all() or (maps is not None and not np.isfinite(maps).all()):
+            raise ModelFileError(f"{path} gives non-finite scores: its state is damaged")
 
     def describe(self) -> dict[str, Any]:
         return {

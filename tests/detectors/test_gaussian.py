@@ -202,7 +202,7 @@ def test_options_and_errors_are_clear() -> None:
         build_detector("gaussian", variant="nope")
     with pytest.raises(DetectorError, match="variance_kept applies to variant pca or npca"):
         build_detector("gaussian", variance_kept=0.5)
-    with pytest.raises(DetectorError, match="variance_kept must lie"):
+    with pytest.raises(DetectorError, match="option variance_kept of the gaussian detector must lie"):
         build_detector("gaussian", variant="pca", variance_kept=0.0)
     with pytest.raises(DetectorError, match="at least two"):
         _fit(_samples(1, 0))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from stratad.data.io import IMAGE_SUFFIXES, is_image_file
-from stratad.errors import DataError
+from stratad.errors import DataError, MaskError
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,31 @@ class DatasetSplit:
     def describe(self) -> str:
         bad = sum(r.label for r in self.test)
         return f"{self.name}: {len(self.train)} train, {len(self.test)} test ({bad} defective)"
+
+
+class MissingMasks(str, enum.Enum):
+    """What to do with a defective test image that has no mask file."""
+
+    #: refuse before any work, naming the image (a silent empty mask would bias every pixel metric)
+    error = "error"
+    #: keep the image for the image metrics, leave it out of the pixel metrics (reported as a count)
+    exclude = "exclude"
+
+
+def pixel_records(
+    records: list[ImageRecord], policy: MissingMasks | str = MissingMasks.error
+) -> tuple[list[int], list[ImageRecord]]:
+    """Indices of the records that enter the pixel metrics, and the defective records without a mask
+    (empty unless ``policy`` is ``exclude``; with ``error`` a missing mask raises :class:`MaskError`)."""
+    missing = [r for r in records if r.label and r.mask_path is None]
+    if missing and MissingMasks(policy) is MissingMasks.error:
+        more = f" and {len(missing) - 1} other defective images" if len(missing) > 1 else ""
+        raise MaskError(
+            f"no mask found for the defective image {missing[0].path}{more}; add the masks, or pass "
+            "--missing-masks exclude to leave such images out of the pixel metrics"
+        )
+    keep = [i for i, r in enumerate(records) if not (r.label and r.mask_path is None)]
+    return keep, missing
 
 
 class DatasetKind(str, enum.Enum):
@@ -135,10 +160,21 @@ def load_mvtec(root: Path, category: str | None = None) -> DatasetSplit:
 
 
 def _find_mask(mask_dir: Path, image: Path) -> Path | None:
-    for name in (f"{image.stem}_mask.png", f"{image.stem}.png", f"{image.stem}_mask{image.suffix}"):
+    """``<stem>_mask.png`` (MVTec AD), the image's own file name, ``<stem>.png``, ``<stem>_mask<ext>``,
+    then any image file named ``<stem>`` or ``<stem>_mask`` with another image extension."""
+    for name in (
+        f"{image.stem}_mask.png",
+        image.name,
+        f"{image.stem}.png",
+        f"{image.stem}_mask{image.suffix}",
+    ):
         candidate = mask_dir / name
         if candidate.is_file():
             return candidate
+    if mask_dir.is_dir():
+        for candidate in sorted(mask_dir.iterdir()):
+            if candidate.stem in (image.stem, f"{image.stem}_mask") and is_image_file(candidate):
+                return candidate
     return None
 
 

@@ -6,13 +6,15 @@ corrupt JPEG in a folder of thousands is found without a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from stratad.errors import ImageReadError, MaskError
+from stratad.errors import DataError, ImageReadError, MaskError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -21,30 +23,145 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 (H, W, 3); grayscale is replicated, alpha dropped, 16-bit scaled."""
+#: Bit depths an integer image can have; a >8-bit image is scaled by the largest value of its depth.
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+_HIGH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _stored_above_8_bit(img: Image.Image) -> bool:
+    """Whether an opened (not yet loaded) image stores more than 8 bits per sample."""
+    if img.mode in _HIGH_MODES:
+        return True
+    tiles = getattr(img, "tile", None) or []
+    args = tiles[0].args if tiles else ""
+    return ";16" in str(args[0] if isinstance(args, tuple) and args else args)
+
+
+def _decode(source: Path) -> np.ndarray:
+    """The pixel values as stored: (H, W) or (H, W, C) of uint8, uint16 / int32 (high bit depth) or
+    float32. Pillow reads 48-bit RGB by keeping the high byte of each sample (a 12-bit camera image
+    turns black), so colour images with 16-bit samples are decoded with OpenCV instead, from bytes
+    (a path-safe route for any file name)."""
+    with Image.open(source) as opened:
+        tiles = getattr(opened, "tile", None) or []
+        rawmode = (
+            str(tiles[0].args[0] if isinstance(tiles[0].args, tuple) else tiles[0].args) if tiles else ""
+        )
+        if opened.mode in ("RGB", "RGBA") and ";16" in rawmode:
+            data = np.frombuffer(source.read_bytes(), dtype=np.uint8)
+            decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            if decoded is None:
+                raise ImageReadError(f"cannot read image {source}: not an image or corrupt")
+            return decoded[..., [2, 1, 0]] if decoded.ndim == 3 else decoded
+        opened.load()
+        mode = opened.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            return np.asarray(opened, dtype=np.uint16)
+        if mode == "I":
+            return np.asarray(opened, dtype=np.int64)
+        if mode == "F":
+            return np.asarray(opened, dtype=np.float32)
+        return np.asarray(opened.convert("RGB"), dtype=np.uint8)
+
+
+def native_bit_depth(values: np.ndarray, source: Path | str = "image") -> int:
+    """The smallest of :data:`BIT_DEPTHS` that holds every value of an integer image (8 for uint8)."""
+    if values.dtype == np.uint8:
+        return 8
+    top = int(values.max()) if values.size else 0
+    if int(values.min(initial=0)) < 0 or top > 2**16 - 1:
+        raise ImageReadError(
+            f"image {source} has integer values outside 0..65535; stratad reads images of at most 16 bits"
+        )
+    return next(d for d in BIT_DEPTHS if top <= 2**d - 1)
+
+
+def _to_uint8(values: np.ndarray, bit_depth: int | None, source: Path) -> np.ndarray:
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0, 0)
+        if not finite.all() or low < 0.0 or high > 1.0:
+            raise ImageReadError(
+                f"float image {source} has values in [{low:g}, {high:g}]"
+                f"{'' if finite.all() else ' and non-finite values'}; stratad reads float images "
+                "with values in [0, 1] only: rescale it, or save it as an 8- or 16-bit image"
+            )
+        scaled = values * 255.0
+    elif values.dtype == np.uint8:
+        return values
+    else:
+        depth = native_bit_depth(values, source) if bit_depth is None else bit_depth
+        top = int(values.max()) if values.size else 0
+        if top > 2**depth - 1:
+            raise ImageReadError(
+                f"image {source} has values up to {top}, above the {depth}-bit range (0..{2**depth - 1}) "
+                f"used for this data; pass --bit-depth {native_bit_depth(values, source)} (or more)"
+            )
+        scaled = values.astype(np.float64) * (255.0 / (2**depth - 1))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _rgb(values: np.ndarray) -> np.ndarray:
+    if values.ndim == 2:
+        return np.repeat(values[..., None], 3, axis=-1)
+    if values.shape[-1] == 1:
+        return np.repeat(values, 3, axis=-1)
+    return np.ascontiguousarray(values[..., :3])
+
+
+def read_image_raw(path: str | Path) -> np.ndarray:
+    """(H, W, 3) pixel values as stored (uint8, uint16 / int64 for high bit depths, float32)."""
     source = Path(path)
     if not source.is_file():
         raise ImageReadError(f"image not found: {source}")
     try:
-        with Image.open(source) as opened:
-            opened.load()
-            img: Image.Image = opened
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit scans: scale to 8 bit instead of letting convert() clip at 255.
-                arr = np.asarray(img, dtype=np.float64)
-                top = max(float(arr.max()), 1.0)
-                img = Image.fromarray(
-                    (arr / (65535.0 if top > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-                )
-            out = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+        values = _rgb(_decode(source))
     except UnidentifiedImageError:
         raise ImageReadError(f"cannot read image {source}: not an image or corrupt") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, cv2.error) as exc:
         raise ImageReadError(f"cannot read image {source}: {exc}") from None
-    if out.ndim != 3 or out.shape[0] == 0 or out.shape[1] == 0:
+    if values.ndim != 3 or values.shape[0] == 0 or values.shape[1] == 0:
         raise ImageReadError(f"image {source} is empty")
-    return out
+    return values
+
+
+def read_image_rgb(path: str | Path, bit_depth: int | None = None) -> np.ndarray:
+    """Read an image as uint8 (H, W, 3); grayscale is replicated, alpha dropped.
+
+    Images of more than 8 bits per sample are scaled by the largest value of ``bit_depth`` bits
+    (``2**bit_depth - 1`` maps to 255), so 12-bit data in a 16-bit file keeps its brightness. With
+    ``bit_depth=None`` an image uses its own :func:`native_bit_depth`; a pipeline fixes one depth for
+    all its images from the training set (:func:`detect_bit_depth`). A value above the depth's range
+    is an error, never a silent clip. Float images must hold values in [0, 1].
+    """
+    source = Path(path)
+    return _to_uint8(read_image_raw(source), check_bit_depth(bit_depth), source)
+
+
+def check_bit_depth(bit_depth: int | None) -> int | None:
+    if bit_depth is not None and bit_depth not in BIT_DEPTHS:
+        raise DataError(f"bit depth must be one of {', '.join(map(str, BIT_DEPTHS))}, got {bit_depth}")
+    return bit_depth
+
+
+def detect_bit_depth(paths: Iterable[str | Path]) -> int:
+    """The automatic ``--bit-depth`` rule: the smallest of 8, 10, 12, 14, 16 bits that holds the largest
+    value over all ``paths`` (the training images). 8-bit files are recognised from their header alone."""
+    depth = 8
+    for path in paths:
+        source = Path(path)
+        try:
+            with Image.open(source) as img:
+                if not _stored_above_8_bit(img):
+                    continue
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            continue  # reported by the reader with its own message
+        values = read_image_raw(source)
+        if values.dtype.kind != "f":
+            depth = max(depth, native_bit_depth(values, source))
+    return depth
 
 
 def image_to_tensor(image: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
@@ -57,31 +174,49 @@ def image_to_tensor(image: np.ndarray, size: int | tuple[int, int]) -> torch.Ten
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def load_image(path: str | Path, size: int | tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+def load_image(
+    path: str | Path, size: int | tuple[int, int], bit_depth: int | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Image tensor at the network size and the original (height, width)."""
-    rgb = read_image_rgb(path)
+    rgb = read_image_rgb(path, bit_depth)
     return image_to_tensor(rgb, size), (rgb.shape[0], rgb.shape[1])
 
 
 def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Binary mask (H, W): a pixel is defective where its value is > 127 (soft edges allowed)."""
+    """Binary mask (H, W): a pixel is defective where any channel is > 127 (8-bit; the middle of the
+    range for 16-bit masks), so soft edges and coloured masks (red on black) both work. A mask whose
+    values are only 0 and 1 is a label image: 1 is defective. Any other mask whose non-zero values all
+    stay at or below the threshold is refused rather than read as empty."""
     source = Path(path)
     if not source.is_file():
         raise MaskError(f"mask not found: {source}")
     try:
-        with Image.open(source) as img:
-            img.load()
-            arr = np.asarray(img.convert("L"), dtype=np.uint8)
+        values = _decode(source)
     except UnidentifiedImageError:
         raise MaskError(f"cannot read mask {source}: not an image or corrupt") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, cv2.error, ImageReadError) as exc:
         raise MaskError(f"cannot read mask {source}: {exc}") from None
-    if expected_hw is not None and arr.shape != tuple(expected_hw):
+    if values.ndim == 3:
+        values = values.max(axis=-1)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values) * 255.0
+    threshold = 32767 if values.dtype.kind in "iu" and values.dtype.itemsize > 1 else 127
+    top = float(values.max()) if values.size else 0.0
+    if top == 1.0:
+        mask = values >= 1
+    elif 0.0 < top <= threshold:
         raise MaskError(
-            f"mask {source} is {arr.shape[1]}x{arr.shape[0]} but its image is "
+            f"mask {source} has non-zero values only up to {top:g}; a defect pixel must be > {threshold} "
+            "(or the mask holds only 0 and 1)"
+        )
+    else:
+        mask = values > threshold
+    if expected_hw is not None and mask.shape != tuple(expected_hw):
+        raise MaskError(
+            f"mask {source} is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{expected_hw[1]}x{expected_hw[0]} (width x height)"
         )
-    return arr > 127
+    return mask
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from stratad._options import coerce_options
+from stratad._options import check_bounds, coerce_options
 from stratad.errors import DetectorError
 from stratad.features.types import FeatureBatch
 
@@ -66,6 +66,7 @@ class Detector(ABC):
         self.config = (
             dataclasses.replace(base, **coerce_params(self.config_class, params)) if params else base
         )
+        check_bounds(self.config, DetectorError, f"the {self.name} detector")
         self.validate_config()
 
     def validate_config(self) -> None:  # noqa: B027  (optional hook, not abstract)
@@ -147,6 +148,18 @@ def build_seeded_detector(name: str, params: Mapping[str, Any], seed: int) -> De
     cls = detector_class(name)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     return cls(**({"seed": seed, **params} if "seed" in fields else dict(params)))
+
+
+def state_tensor(state: Mapping[str, torch.Tensor], key: str, ndim: int, owner: str) -> torch.Tensor:
+    """``state[key]`` checked to be a non-empty ``ndim``-D tensor (a loaded file may hold anything)."""
+    if key not in state:
+        raise DetectorError(f"{owner} state has no {key}")
+    tensor = state[key]
+    if tensor.ndim != ndim or tensor.numel() == 0:
+        raise DetectorError(
+            f"{owner} state {key} has shape {tuple(tensor.shape)}; expected {ndim} non-empty axes"
+        )
+    return tensor
 
 
 def detector_from_state(name: str, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> Detector:

@@ -14,7 +14,8 @@ from typing import ClassVar
 
 import torch
 
-from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
+from stratad._options import bounded
+from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.knn import IndexKind, NearestNeighbours
 from stratad.errors import DetectorError
 from stratad.features.patch import global_pool
@@ -32,7 +33,7 @@ def pooled_embedding(batch: FeatureBatch) -> torch.Tensor:
 @dataclass
 class DN2Config(DetectorConfig):
     #: number of nearest training images averaged into the score (the papers' k = 2)
-    neighbours: int = 2
+    neighbours: int = bounded(2, low=1)
     index: IndexKind = IndexKind.exact
 
 
@@ -55,10 +56,6 @@ class DN2(Detector):
         super().__init__(config, **params)
         self.bank_: torch.Tensor | None = None  # (N_train, C) pooled training features
         self._nn: NearestNeighbours | None = None
-
-    def validate_config(self) -> None:
-        if self.config.neighbours < 1:
-            raise DetectorError(f"neighbours must be >= 1, got {self.config.neighbours}")
 
     def fit(self, train: FeatureBatch) -> DN2:
         if len(train) == 0:
@@ -92,7 +89,5 @@ class DN2(Detector):
         return {"bank": self.bank_}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        if "bank" not in state:
-            raise DetectorError("DN2 state has no bank")
-        self.bank_ = state["bank"].float().contiguous()
+        self.bank_ = state_tensor(state, "bank", 2, "DN2").float().contiguous()
         self._nn = None

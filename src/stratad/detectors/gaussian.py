@@ -36,6 +36,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from stratad._options import bounded
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
 from stratad.errors import DetectorError
 from stratad.features.patch import global_pool
@@ -135,10 +136,10 @@ class GaussianConfig(DetectorConfig):
     variant: GaussianVariant = GaussianVariant.mvg
     #: pca / npca only: fraction of the variance the kept components explain; None uses the paper's
     #: best choice per variant, 0.99 for pca and 0.01 for npca ("NPCA 1%")
-    variance_kept: float | None = None
+    variance_kept: float | None = bounded(None, low=0, high=1, low_open=True)
     #: sed only: added to every per-dimension variance. 0 (default) refuses constant dimensions with an
     #: error instead of silently dividing by zero; 1e-6 is a reasonable guard for ReLU features
-    variance_epsilon: float = 0.0
+    variance_epsilon: float = bounded(0.0, low=0)
 
 
 @register_detector
@@ -164,15 +165,10 @@ class GaussianAD(Detector):
     def validate_config(self) -> None:
         c = self.config
         reduces = c.variant in (GaussianVariant.pca, GaussianVariant.npca)
-        if c.variance_kept is not None:
-            if not reduces:
-                raise DetectorError(
-                    "variance_kept applies to variant pca or npca only; drop it or change variant"
-                )
-            if not 0.0 < c.variance_kept <= 1.0:
-                raise DetectorError(f"variance_kept must lie in (0, 1], got {c.variance_kept}")
-        if c.variance_epsilon < 0:
-            raise DetectorError(f"variance_epsilon must be >= 0, got {c.variance_epsilon}")
+        if c.variance_kept is not None and not reduces:
+            raise DetectorError(
+                "variance_kept applies to variant pca or npca only; drop it or change the variant"
+            )
         if c.variance_epsilon > 0 and c.variant is not GaussianVariant.sed:
             raise DetectorError("variance_epsilon applies to variant sed only; drop it or use variant=sed")
 

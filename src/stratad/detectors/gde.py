@@ -23,7 +23,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
+from stratad._options import bounded
+from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.gaussian import ledoit_wolf_chunks, whitener
 from stratad.errors import DetectorError
 from stratad.features.patch import flatten_patches, resize_to
@@ -33,7 +34,7 @@ from stratad.features.types import FeatureBatch
 @dataclass
 class GdeConfig(DetectorConfig):
     #: rows (grid positions) processed together while fitting and scoring; bounds working memory only
-    chunk_rows: int = 16384
+    chunk_rows: int = bounded(16384, low=1)
 
 
 def dense_embedding(batch: FeatureBatch) -> torch.Tensor:
@@ -64,10 +65,6 @@ class GaussianDensity(Detector):
         super().__init__(config, **params)
         self.mean_: torch.Tensor | None = None  # (C,)
         self.whitener_: torch.Tensor | None = None  # (C, D): ||(x - mean) W|| is the Mahalanobis distance
-
-    def validate_config(self) -> None:
-        if self.config.chunk_rows < 1:
-            raise DetectorError(f"chunk_rows must be >= 1, got {self.config.chunk_rows}")
 
     def fit(self, train: FeatureBatch) -> GaussianDensity:
         if len(train) == 0:
@@ -117,5 +114,5 @@ class GaussianDensity(Detector):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         if "mean" not in state or "whitener" not in state:
             raise DetectorError("GDE state needs mean and whitener")
-        self.mean_ = state["mean"].float().contiguous()
-        self.whitener_ = state["whitener"].float().contiguous()
+        self.mean_ = state_tensor(state, "mean", 1, "GDE").float().contiguous()
+        self.whitener_ = state_tensor(state, "whitener", 2, "GDE").float().contiguous()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stratad._options import bounded
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
 from stratad.errors import DetectorError
 from stratad.features.patch import spatial
@@ -30,11 +31,11 @@ from stratad.features.types import FeatureBatch
 @dataclass
 class PadimConfig(DetectorConfig):
     #: channels kept by the random subset (the paper's 100 for ResNet-18; capped at the channels available)
-    n_features: int = 100
+    n_features: int = bounded(100, low=1)
     #: added to every covariance diagonal (the paper's 0.01 * I keeps them invertible)
-    regularization: float = 0.01
+    regularization: float = bounded(0.01, low=0)
     #: grid positions processed together (bounds the (positions, d, d) working memory)
-    position_chunk: int = 256
+    position_chunk: int = bounded(256, low=1)
     seed: int = 0
 
 
@@ -58,15 +59,6 @@ class Padim(Detector):
         self.inv_covariance_: torch.Tensor | None = None  # (h*w, d, d)
         self.grid_: tuple[int, int] | None = None
         self.node_channels_: tuple[int, ...] | None = None
-
-    def validate_config(self) -> None:
-        c = self.config
-        if c.n_features < 1:
-            raise DetectorError(f"n_features must be a positive count, got {c.n_features}")
-        if c.regularization < 0:
-            raise DetectorError(f"regularization must be >= 0, got {c.regularization}")
-        if c.position_chunk < 1:
-            raise DetectorError(f"position_chunk must be >= 1, got {c.position_chunk}")
 
     def embed(self, batch: FeatureBatch, channel_index: torch.Tensor) -> torch.Tensor:
         """Selected channels of the concatenated, upsampled nodes as ``(N, h*w, d)`` float32."""

@@ -14,7 +14,8 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
+from stratad._options import bounded
+from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.coreset import coreset_count, greedy_coreset
 from stratad.detectors.knn import IndexKind, NearestNeighbours
 from stratad.errors import DetectorError
@@ -25,19 +26,19 @@ from stratad.features.types import FeatureBatch
 @dataclass
 class PatchCoreConfig(DetectorConfig):
     #: memory bank size as a fixed count (1000 in the feature-selection papers) ...
-    coreset_size: int = 1000
+    coreset_size: int = bounded(1000, low=1)
     #: ... or as a fraction of all training patches (the PatchCore paper's 1% / 10%); overrides size
-    coreset_fraction: float | None = None
+    coreset_fraction: float | None = bounded(None, low=0, high=1, low_open=True)
     #: random projection used only while choosing the coreset
-    projection_dim: int = 128
+    projection_dim: int = bounded(128, low=1)
     #: local neighbourhood aggregated around each patch
-    patch_size: int = 3
+    patch_size: int = bounded(3, low=1)
     #: per-node channel pooling ("pretrain embed dimension"); 0 keeps every channel
-    node_dim: int = 1024
+    node_dim: int = bounded(1024, low=0)
     #: channel pooling of the concatenated nodes ("target embed dimension"); 0 keeps every channel
-    target_dim: int = 1024
+    target_dim: int = bounded(1024, low=0)
     #: the paper's image-score reweighting with this many bank neighbours (0 = plain max)
-    reweight_neighbours: int = 0
+    reweight_neighbours: int = bounded(0, low=0)
     index: IndexKind = IndexKind.exact
     seed: int = 0
 
@@ -76,11 +77,8 @@ class PatchCore(Detector):
 
     def validate_config(self) -> None:
         c = self.config
-        coreset_count(10**9, c.coreset_size, c.coreset_fraction)
-        if c.patch_size < 1 or c.patch_size % 2 == 0:
+        if c.patch_size % 2 == 0:
             raise DetectorError(f"patch_size must be an odd positive number, got {c.patch_size}")
-        if c.reweight_neighbours < 0:
-            raise DetectorError("reweight_neighbours must be >= 0")
 
     def embed(self, batch: FeatureBatch) -> torch.Tensor:
         c = self.config
@@ -139,7 +137,5 @@ class PatchCore(Detector):
         return {"memory_bank": self.memory_bank_}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        if "memory_bank" not in state:
-            raise DetectorError("PatchCore state has no memory_bank")
-        self.memory_bank_ = state["memory_bank"].float().contiguous()
+        self.memory_bank_ = state_tensor(state, "memory_bank", 2, "PatchCore").float().contiguous()
         self._nn = None

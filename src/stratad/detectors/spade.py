@@ -35,7 +35,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
+from stratad._options import bounded
+from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.knn import IndexKind, NearestNeighbours
 from stratad.errors import DetectorError
 from stratad.features.patch import global_pool, resize_to
@@ -55,9 +56,9 @@ class SpadeImageScore(str, enum.Enum):
 @dataclass
 class SpadeConfig(DetectorConfig):
     #: K: training images retrieved per test image; also the k of the kNN image score (the paper's 50)
-    image_neighbours: int = 50
+    image_neighbours: int = bounded(50, low=1)
     #: kappa: nearest training features averaged into a pixel score (the paper's 1)
-    pixel_neighbours: int = 1
+    pixel_neighbours: int = bounded(1, low=1)
     #: node whose pooled feature retrieves images; None: the last node of the FeatureBatch
     retrieval_node: str | None = None
     #: sum per-node maps (the paper) or concatenate per-node features before the pixel kNN
@@ -102,13 +103,6 @@ class Spade(Detector):
         self.retrieval_bank_: torch.Tensor | None = None  # (N, C_r) pooled retrieval features
         self.pixel_banks_: list[torch.Tensor] | None = None  # per pixel part: (N, h, w, C)
         self._nn: NearestNeighbours | None = None
-
-    def validate_config(self) -> None:
-        c = self.config
-        if c.image_neighbours < 1:
-            raise DetectorError(f"image_neighbours must be >= 1, got {c.image_neighbours}")
-        if c.pixel_neighbours < 1:
-            raise DetectorError(f"pixel_neighbours must be >= 1, got {c.pixel_neighbours}")
 
     # -- features --
     def retrieval_features(self, batch: FeatureBatch) -> torch.Tensor:
@@ -200,6 +194,6 @@ class Spade(Detector):
         count = sum(1 for k in state if k.startswith("pixel_bank."))
         if "retrieval_bank" not in state or count == 0:
             raise DetectorError("SPADE state needs retrieval_bank and at least one pixel_bank.<i>")
-        self.retrieval_bank_ = state["retrieval_bank"].float().contiguous()
+        self.retrieval_bank_ = state_tensor(state, "retrieval_bank", 2, "SPADE").float().contiguous()
         self.pixel_banks_ = [state[f"pixel_bank.{i}"].float().contiguous() for i in range(count)]
         self._nn = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import numpy.typing as npt
 
 from stratad.errors import DataError, MaskError
@@ -37,6 +38,7 @@ def evaluate(
     masks: ArraySequence | PixelTruth | None = None,
     maps: ArraySequence | None = None,
     fpr_limit: float = 0.3,
+    pixel_images: npt.ArrayLike | None = None,
 ) -> dict[str, float]:
     """Every metric of one test set as plain floats in [0, 1].
 
@@ -44,7 +46,9 @@ def evaluate(
     of ``labels``) also ``pixel_auroc``, ``aupro_<limit%>``, ``pixel_f1_max`` and ``p_h``, the
     harmonic mean of image AUROC and AU-PRO; ``masks`` may be a :class:`PixelTruth` built once for
     many evaluations against the same masks. Detectors that give image scores only pass no maps and
-    get no pixel keys, rather than made-up pixel numbers.
+    get no pixel keys, rather than made-up pixel numbers. ``pixel_images`` (indices into ``labels``)
+    names the images whose masks and maps are given, when some images have no ground truth and leave
+    the pixel metrics (image metrics still use every image).
     """
     checked_labels, checked_scores = check_labels_scores(labels, image_scores)
     limit = check_fpr_limit(fpr_limit)
@@ -62,12 +66,17 @@ def evaluate(
         return results
 
     truth, checked_maps = truth_and_maps(masks, maps)
-    if len(checked_maps) != checked_labels.shape[0]:
+    pixel_labels = checked_labels
+    if pixel_images is not None:
+        index = np.asarray(pixel_images, dtype=np.int64).reshape(-1)
+        if index.size and (index.min() < 0 or index.max() >= checked_labels.shape[0]):
+            raise DataError("pixel_images holds an index outside the test set")
+        pixel_labels = checked_labels[index]
+    if len(checked_maps) != pixel_labels.shape[0]:
         raise MaskError(
-            f"got {len(checked_maps)} masks for {checked_labels.shape[0]} labels; "
-            "pass one mask per test image."
+            f"got {len(checked_maps)} masks for {pixel_labels.shape[0]} labels; pass one mask per test image."
         )
-    for index, (n_defect, anomalous) in enumerate(zip(truth.defect_counts, checked_labels, strict=True)):
+    for index, (n_defect, anomalous) in enumerate(zip(truth.defect_counts, pixel_labels, strict=True)):
         if not anomalous and n_defect:
             raise MaskError(
                 f"image {index} is labelled normal but its mask marks {n_defect} "
