@@ -56,10 +56,11 @@ def test_fit_predict_evaluate_end_to_end(tiny_mvtec: Path, tmp_path: Path) -> No
         "--no-progress",
     )
     assert pred.returncode == 0, pred.stderr
-    npys = sorted(maps.glob("*.npy"))
+    npys = sorted(maps.glob("*.png.npy"))
     assert len(npys) == 4 and np.load(npys[0]).shape == (64, 64)
-    assert len(list(maps.glob("*_overlay.png"))) == 4
-    assert (maps / "scores.csv").read_text().count("\n") == 5
+    assert len(list(maps.glob("*.png.overlay.png"))) == 4
+    rows = [line for line in (maps / "scores.csv").read_text().splitlines() if not line.startswith("#")]
+    assert rows[0] == "image,score,map,overlay" and len(rows) == 5
     out = tmp_path / "metrics.json"
     ev = run(
         "evaluate", "--model", str(model), "--data", str(tiny_mvtec), "--json", str(out), "--no-progress"

@@ -5,7 +5,6 @@ Every :class:`StratadError` is printed as one line without a traceback, with exi
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import typer
 from rich.table import Table
 
 from stratad._progress import console, count_progress, progress_bar, results
+from stratad.data.datasets import MissingMasks
 from stratad.errors import StratadError
 
 app = typer.Typer(
@@ -45,6 +45,27 @@ ParamOpt = Annotated[
     ),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+MissingMasksOpt = Annotated[
+    MissingMasks,
+    typer.Option(
+        "--missing-masks",
+        help="a defective test image without a mask: error (default) or exclude it from the pixel metrics",
+    ),
+]
+BitDepthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--bit-depth",
+        help="bits per sample of >8-bit images (8, 10, 12, 14, 16); default: the smallest depth that "
+        "holds every training image",
+    ),
+]
+
+
+def check_image_size(size: int, option: str = "--image-size") -> int:
+    if size < 32:
+        raise StratadError(f"{option} must be at least 32 pixels, got {size}")
+    return size
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
@@ -58,9 +79,20 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 
 
 def parse_nodes(text: str | None) -> list[str] | None:
-    if text is None or not text.strip():
+    """A comma list; None when not given. A list without any name (``--nodes ,``) is an error."""
+    if text is None:
         return None
-    return [n.strip() for n in text.split(",") if n.strip()]
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise StratadError(f"--nodes {text!r} names no node; give node names, glob patterns or 'all'")
+    return names
+
+
+def parse_list(text: str, option: str) -> list[str]:
+    items = [n.strip() for n in text.split(",") if n.strip()]
+    if not items:
+        raise StratadError(f"{option} {text!r} names nothing")
+    return items
 
 
 def _load_split(
@@ -103,6 +135,7 @@ def fit(
         str | None,
         typer.Option(help="extra training copies: comma list of hflip, vflip, rot90, rot180, rot270, jitter"),
     ] = None,
+    bit_depth: BitDepthOpt = None,
     seed: SeedOpt = 0,
     train_fraction: FractionOpt = None,
     progress: ProgressOpt = True,
@@ -125,7 +158,8 @@ def fit(
         device=device,
         patch_size=patch_size,
         patch_stride=patch_stride,
-        train_augmentations=parse_nodes(augment) or [],
+        train_augmentations=[] if augment is None else parse_list(augment, "--augment"),
+        bit_depth=bit_depth,
     )
     pipe.prepare()
     console.print(
@@ -146,41 +180,17 @@ def predict(
     model: Annotated[Path, typer.Option("--model", help="model file written by `stratad fit`")],
     images: Annotated[Path, typer.Argument(help="an image file or a folder of images")],
     out: Annotated[Path, typer.Option("--out", help="output folder for overlays, .npy maps and scores.csv")],
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: as fitted)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: as fitted, else cpu)")] = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Score images: heatmap overlays (PNG), raw float maps at original size (.npy), scores.csv."""
-    import numpy as np
+    """Score images: <name>.npy float maps at original size, <name>.overlay.png, scores.csv (streamed)."""
+    from stratad.data import images_in
+    from stratad.workflows import predict_to_folder
 
-    from stratad.data import images_in, read_image_rgb
-    from stratad.export.io import atomic_write
-    from stratad.pipeline import Pipeline
-    from stratad.report.overlay import heatmap_overlay, write_png
-
-    paths = images_in(images)
-    pipe = Pipeline.load(model, device=device)
-    with progress_bar("scoring", len(paths), progress) as advance:
-        pred = pipe.predict(paths, advance)
-    out.mkdir(parents=True, exist_ok=True)
-    if pred.maps is not None:
-        # One colour scale for the whole run, so overlays are comparable across images.
-        vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
-        for i, path in enumerate(pred.paths):
-            full = pred.map_at_original_size(i)
-            np.save(out / f"{path.stem}.npy", full.astype(np.float32))
-            write_png(
-                str(out / f"{path.stem}_overlay.png"), heatmap_overlay(read_image_rgb(path), full, vmin, vmax)
-            )
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "score"])
-            for path, score in zip(pred.paths, pred.image_scores, strict=True):
-                writer.writerow([str(path), f"{float(score):.6g}"])
-
-    atomic_write(out / "scores.csv", write_csv)
-    console.print(f"scored {len(paths)} images -> {out}")
+    total = len(images_in(images))
+    with progress_bar("scoring", total, progress) as advance:
+        summary = predict_to_folder(model, images, out, device, advance)
+    console.print(f"scored {summary.n_images} images -> {out}")
 
 
 @app.command()
@@ -194,20 +204,23 @@ def evaluate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the metrics to this JSON file")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: as fitted)")] = None,
+    missing_masks: MissingMasksOpt = MissingMasks.error,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: as fitted, else cpu)")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Image AUROC, pixel AUROC, AU-PRO@0.3, F1-max and P_h on the test split of a dataset."""
     from stratad.evaluation import evaluate_pipeline
-    from stratad.export.io import atomic_write
+    from stratad.export.io import atomic_write, check_output_file
     from stratad.pipeline import Pipeline
 
+    if json_out is not None:
+        check_output_file(json_out)
     split = _load_split(data, dataset, category, seed, train_fraction)
     if not split.test:
         raise StratadError(f"{data} has no test images")
     pipe = Pipeline.load(model, device=device)
     with progress_bar("scoring", len(split.test), progress) as advance:
-        result, _ = evaluate_pipeline(pipe, split.test, advance)
+        result, _ = evaluate_pipeline(pipe, split.test, advance, missing_masks=missing_masks)
     result["dataset"] = split.name
     print_metrics(result)
     if json_out is not None:
@@ -225,6 +238,11 @@ def print_metrics(result: dict[str, Any]) -> None:
     table.add_row("test images", str(result.get("n_test_images")))
     table.add_row("images / s", f"{result.get('predict_images_per_second', 0):.1f}")
     results.print(table)
+    if result.get("n_excluded_from_pixel_metrics"):
+        console.print(
+            f"{result['n_excluded_from_pixel_metrics']} defective images without a mask are left out of the "
+            "pixel metrics (--missing-masks exclude)"
+        )
     if not result.get("localizes", True):
         console.print("this detector scores whole images only: no pixel AUROC / AU-PRO (no anomaly map)")
 
@@ -238,6 +256,7 @@ def nodes(
     """Every torch.fx graph node of a backbone with its output shape and stride."""
     from stratad.backbones import build_backbone, list_nodes
 
+    check_image_size(image_size)
     infos = list_nodes(build_backbone(backbone, weights="random"), image_size=image_size)
     if count:
         print(len(infos))
@@ -286,33 +305,49 @@ def _sweep_config(
     seed: int,
     device: str,
     exact: bool,
+    bit_depth: int | None = None,
 ) -> Any:
+    """The sweep settings, every one checked (nodes resolved on the backbone) before any work."""
+    from stratad.backbones import build_backbone, resolve_nodes
+    from stratad.detectors.base import build_seeded_detector
+    from stratad.device import resolve_device
     from stratad.selection import SweepConfig
-
-    build_check = parse_params(param)
-    from stratad.detectors import build_detector
-
-    build_detector(detector, **build_check)  # fail fast on a bad detector or option
-    from stratad.selection.sweep import memory_budget_bytes, resolve_workers
+    from stratad.selection.sweep import (
+        check_sweep_config,
+        memory_budget_bytes,
+        resolve_workers,
+        sweep_detector_params,
+    )
 
     cfg = SweepConfig(
         backbone=backbone,
         weights=weights,
         nodes=parse_nodes(nodes) or ["all"],
         detector=detector,
-        detector_params=build_check,
-        image_size=image_size,
+        detector_params=parse_params(param),
+        image_size=check_image_size(image_size),
         batch_size=batch_size,
         max_grid=max_grid,
         memory_budget_mb=memory_mb,
         workers=workers,
         seed=seed,
-        device=device,
+        device=resolve_device(device),
         exact=exact,
+        bit_depth=bit_depth,
     )
+    check_sweep_config(cfg)
+    build_seeded_detector(detector, sweep_detector_params(cfg), seed)  # a bad detector or option
     memory_budget_bytes(cfg)
     resolve_workers(workers)
+    resolve_nodes(build_backbone(backbone, weights=weights, seed=seed), cfg.nodes)
     return cfg
+
+
+def _fix_bit_depth(cfg: Any, split: Any) -> None:
+    from stratad.data.io import detect_bit_depth
+
+    if cfg.bit_depth is None:
+        cfg.bit_depth = detect_bit_depth(r.path for r in split.train)
 
 
 def _rf_for(cfg: Any, enabled: bool) -> dict[str, float] | None:
@@ -379,6 +414,7 @@ def select(
     workers: WorkersOpt = 0,
     exact: ExactOpt = False,
     rf: RfOpt = True,
+    bit_depth: BitDepthOpt = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     seed: SeedOpt = 0,
     train_fraction: FractionOpt = None,
@@ -395,7 +431,8 @@ def select(
     if criterion not in [c.value for c in Criterion]:
         raise StratadError(f"unknown criterion {criterion!r}; use p_h or p_cls")
     check_criterion(detector, criterion)
-    split = _load_split(data, dataset, category, seed, train_fraction)
+    if top_k < 1:
+        raise StratadError(f"--top-k must be at least 1, got {top_k}")
     cfg = _sweep_config(
         backbone,
         weights,
@@ -410,7 +447,10 @@ def select(
         seed,
         device,
         exact,
+        bit_depth,
     )
+    split = _load_split(data, dataset, category, seed, train_fraction)
+    _fix_bit_depth(cfg, split)
     relative_rf = _rf_for(cfg, rf)
     with count_progress("scoring nodes", progress) as update:
         result = select_features(
@@ -438,6 +478,7 @@ def select(
             seed,
             batch_size=batch_size,
             device=device,
+            bit_depth=cfg.bit_depth,
         )
         with progress_bar("final fit", len(split.train), progress) as advance2:
             pipe.fit(split.train, advance2)
@@ -463,6 +504,8 @@ def sweep(
     workers: WorkersOpt = 0,
     exact: ExactOpt = False,
     rf: RfOpt = True,
+    missing_masks: MissingMasksOpt = MissingMasks.error,
+    bit_depth: BitDepthOpt = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     seed: SeedOpt = 0,
     train_fraction: FractionOpt = None,
@@ -478,9 +521,6 @@ def sweep(
     from stratad.selection.sweep import load_uint8_images
     from stratad.selection.validation import resized_mask
 
-    split = _load_split(data, dataset, category, seed, train_fraction)
-    if not split.test:
-        raise StratadError(f"{data} has no test images to sweep on")
     cfg = _sweep_config(
         backbone,
         weights,
@@ -495,18 +535,32 @@ def sweep(
         seed,
         device,
         exact,
+        bit_depth,
     )
+    split = _load_split(data, dataset, category, seed, train_fraction)
+    if not split.test:
+        raise StratadError(f"{data} has no test images to sweep on")
+    _fix_bit_depth(cfg, split)
     cfg.label = split.name
+    from stratad.data.datasets import pixel_records
+    from stratad.detectors import detector_class
+
+    keep, missing = (
+        pixel_records(split.test, missing_masks) if detector_class(detector).localizes else ([], [])
+    )
     relative_rf = _rf_for(cfg, rf)
     with progress_bar("loading images", len(split.train) + len(split.test), progress) as advance:
-        train_images = load_uint8_images(split.train, image_size, advance)
-        test_images = load_uint8_images(split.test, image_size, advance)
+        train_images = load_uint8_images(split.train, image_size, advance, cfg.bit_depth)
+        test_images = load_uint8_images(split.test, image_size, advance, cfg.bit_depth)
     import numpy as np
 
     labels = np.array([r.label for r in split.test])
-    masks = [resized_mask(r, image_size) for r in split.test]
+    masks = [resized_mask(split.test[i], image_size) for i in keep]
+    evaluation = EvalSet(test_images, labels, masks, np.array(keep) if missing else None)
+    if missing:
+        console.print(f"{len(missing)} defective images without a mask are left out of the pixel metrics")
     with count_progress("scoring nodes", progress) as update:
-        rows = run_sweep(cfg, train_images, EvalSet(test_images, labels, masks), out, update, relative_rf)
+        rows = run_sweep(cfg, train_images, evaluation, out, update, relative_rf)
     best = max(rows, key=lambda r: float(r["p_h"] or r["image_auroc"] or 0))
     console.print(f"{len(rows)} nodes -> {out / 'nodes.csv'}; best {best['node']} (p_h {best['p_h']})")
 
@@ -550,22 +604,25 @@ def synth(
     """Write synthetic defects made from the good training images, with their exact masks."""
     import numpy as np
 
+    from stratad.data.io import detect_bit_depth
     from stratad.report.overlay import write_png
     from stratad.selection.validation import resized_rgb
     from stratad.synth import build_defect
 
     if n < 1:
         raise StratadError("--n must be at least 1")
-    split = _load_split(data, dataset, category, seed, None)
+    check_image_size(image_size)
     generator = build_defect(kind)
+    split = _load_split(data, dataset, category, seed, None)
+    bit_depth = detect_bit_depth(r.path for r in split.train)
     rng = np.random.default_rng(seed)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         t = int(rng.integers(len(split.train)))
         s = int(rng.integers(len(split.train)))
         made = generator(
-            resized_rgb(split.train[t], image_size), resized_rgb(split.train[s], image_size), rng
+            resized_rgb(split.train[t], image_size, bit_depth),
+            resized_rgb(split.train[s], image_size, bit_depth),
+            rng,
         )
         write_png(str(out / "images" / f"{kind}_{i:04d}.png"), made.image)
         write_png(
@@ -588,6 +645,7 @@ def receptive_field(
     from stratad.backbones import build_backbone, relative_receptive_field
     from stratad.backbones.receptive import default_cache_dir
 
+    check_image_size(size, "--size")
     model = build_backbone(backbone, weights=weights)
     with console.status("backpropagating from every node"):
         rrf = relative_receptive_field(

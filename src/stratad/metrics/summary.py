@@ -68,10 +68,10 @@ def evaluate(
     truth, checked_maps = truth_and_maps(masks, maps)
     pixel_labels = checked_labels
     if pixel_images is not None:
-        index = np.asarray(pixel_images, dtype=np.int64).reshape(-1)
-        if index.size and (index.min() < 0 or index.max() >= checked_labels.shape[0]):
+        rows = np.asarray(pixel_images, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= checked_labels.shape[0]):
             raise DataError("pixel_images holds an index outside the test set")
-        pixel_labels = checked_labels[index]
+        pixel_labels = checked_labels[rows]
     if len(checked_maps) != pixel_labels.shape[0]:
         raise MaskError(
             f"got {len(checked_maps)} masks for {pixel_labels.shape[0]} labels; pass one mask per test image."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -16,8 +18,20 @@ def heatmap_overlay(
     return cv2.addWeighted(image, 1.0 - alpha, colour, alpha, 0.0)
 
 
-def write_png(path: str, image: np.ndarray) -> None:
-    """Write an RGB uint8 image (cv2 wants BGR)."""
-    ok = cv2.imwrite(path, np.ascontiguousarray(image[..., ::-1]))
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (H, W, 3) or grey (H, W) uint8 / uint16 image."""
+    pixels = np.ascontiguousarray(image[..., ::-1] if image.ndim == 3 else image)
+    ok, data = cv2.imencode(".png", pixels)
     if not ok:
-        raise OSError(f"cannot write {path}")
+        raise OSError("cannot encode a PNG image")
+    return data.tobytes()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB (or grey) image as PNG, atomically. The bytes are encoded in memory and written by
+    Python, which takes any file name the OS allows (OpenCV's ``imwrite`` crashes on a name that is
+    not valid UTF-8)."""
+    from stratad.export.io import atomic_write
+
+    data = encode_png(image)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -87,10 +87,13 @@ def select_features(
 ) -> SelectionResult:
     check_criterion(cfg.detector, criterion)
     split = selection_split(train, seed=cfg.seed)
-    val = build_validation_set(split, defects, cfg.image_size, cfg.seed, **(defect_params or {}))
-    train_images = load_uint8_images(split.fit, cfg.image_size)
+    val = build_validation_set(
+        split, defects, cfg.image_size, cfg.seed, cfg.bit_depth, **(defect_params or {})
+    )
+    train_images = load_uint8_images(split.fit, cfg.image_size, bit_depth=cfg.bit_depth)
     evaluation = EvalSet(val.images, val.labels, list(val.masks))
-    rows = run_sweep(cfg, train_images, evaluation, out_dir, progress, relative_rf)
+    settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
+    rows = run_sweep(cfg, train_images, evaluation, out_dir, progress, relative_rf, settings)
     result = choose(rows, criterion, top_k)
     payload = {
         "node": result.node,

@@ -19,6 +19,7 @@ limitation. Here:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -84,6 +85,8 @@ class SweepConfig:
     device: str = "cpu"
     #: what was swept (dataset / category), carried into sweep.json for `stratad analyze`
     label: str = ""
+    #: bits per sample of >8-bit images (see ``stratad.data.io.read_image_rgb``); None = per image
+    bit_depth: int | None = None
 
 
 @dataclass
@@ -92,17 +95,23 @@ class EvalSet:
 
     images: torch.Tensor
     labels: np.ndarray
+    #: one mask per image of ``pixel_images`` (every image when that is None)
     masks: Sequence[np.ndarray]
+    #: indices of the images that enter the pixel metrics (defects without ground truth leave them)
+    pixel_images: np.ndarray | None = None
 
 
 def load_uint8_images(
-    paths: Sequence[Any], size: int, progress: Callable[[int], None] | None = None
+    paths: Sequence[Any],
+    size: int,
+    progress: Callable[[int], None] | None = None,
+    bit_depth: int | None = None,
 ) -> torch.Tensor:
     from stratad.selection.validation import resized_rgb, to_tensor
 
     out = []
     for p in paths:
-        out.append(resized_rgb(p, size))
+        out.append(resized_rgb(p, size, bit_depth))
         if progress is not None:
             progress(1)
     return to_tensor(out)
@@ -210,11 +219,15 @@ def _score_node(node: str) -> dict[str, Any]:
         truth: PixelTruth = _SHARED["truth"]
         step = effective_pixel_stride(cfg)
         maps = postprocess_maps(scores.maps, cfg.image_size, cfg.smoothing_sigma)
+        if ev.pixel_images is not None:
+            maps = maps[ev.pixel_images]
         if all(tuple(mask.shape) == maps.shape[1:] for mask in ev.masks):
             full = list(np.ascontiguousarray(maps[:, ::step, ::step]))
         else:
             full = [resize_map(m, mask.shape)[::step, ::step] for m, mask in zip(maps, ev.masks, strict=True)]
-        metrics = evaluate(ev.labels, scores.image_scores, truth, full, fpr_limit=cfg.fpr_limit)
+        metrics = evaluate(
+            ev.labels, scores.image_scores, truth, full, fpr_limit=cfg.fpr_limit, pixel_images=ev.pixel_images
+        )
     else:
         metrics = evaluate(ev.labels, scores.image_scores, fpr_limit=cfg.fpr_limit)
     return {"node": node, **metrics, "fit_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3)}
@@ -242,23 +255,30 @@ def run_sweep(
     out_dir: Path,
     progress: Callable[[str, int, int], None] | None = None,
     relative_rf: dict[str, float] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit ``cfg.detector`` on ``train_images`` for every node, evaluate on ``evaluation``.
 
-    Results go to ``out_dir/nodes.csv`` (one row per finished node, appended as it finishes).
+    Results go to ``out_dir/nodes.csv`` (one row per finished node, appended as it finishes). The
+    folder is stamped (``sweep.json``) with every setting that changes a row, ``settings`` from the
+    caller (e.g. the defect kind) and digests of the data and of the backbone weights; a folder
+    stamped otherwise is refused, naming what differs. The stamp is written only after every
+    argument has been checked.
     """
     from stratad.backbones import build_backbone, list_nodes, resolve_nodes
 
     budget = memory_budget_bytes(cfg)  # bad settings fail before anything is written
     resolve_workers(cfg.workers)
-    det_cls = type(build_detector(cfg.detector, **cfg.detector_params))
+    check_sweep_config(cfg)
+    det_cls = type(build_detector(cfg.detector, **sweep_detector_params(cfg)))
     # The masks are the same for every node: label their defect regions once.
     step = effective_pixel_stride(cfg)
     truth = PixelTruth.from_masks(evaluation.masks, stride=step) if det_cls.localizes else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(out_dir, cfg, len(train_images), len(evaluation.images))
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
     candidates = resolve_nodes(backbone, cfg.nodes)
+    stamp = sweep_stamp(cfg, train_images, evaluation, backbone, settings or {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(out_dir, stamp)
     infos = {i.name: i for i in list_nodes(backbone, image_size=cfg.image_size)}
     if det_cls.localizes:
         skipped = [n for n in candidates if infos[n].height == 0]
@@ -427,8 +447,40 @@ def _fmt(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _check_resumable(out_dir: Path, cfg: SweepConfig, n_train: int, n_eval: int) -> None:
-    """A sweep folder belongs to one configuration; resuming with other settings would mix results."""
+def check_sweep_config(cfg: SweepConfig) -> None:
+    """Settings no sweep can use, refused before any work."""
+    from stratad.data.io import check_bit_depth
+
+    if cfg.image_size < 32:
+        raise StratadError(f"image size must be at least 32 pixels, got {cfg.image_size}")
+    if cfg.batch_size < 1:
+        raise StratadError(f"batch size must be at least 1, got {cfg.batch_size}")
+    if cfg.max_grid < 1:
+        raise StratadError(f"--max-grid must be at least 1, got {cfg.max_grid}")
+    if not cfg.nodes or any(not n.strip() for n in cfg.nodes):
+        raise StratadError("no nodes given: pass 'all', a comma list or glob patterns")
+    if not 0.0 < cfg.fpr_limit <= 1.0:
+        raise StratadError(f"the AU-PRO FPR limit must lie in (0, 1], got {cfg.fpr_limit}")
+    check_bit_depth(cfg.bit_depth)
+    effective_pixel_stride(cfg)
+
+
+def _digest_arrays(arrays: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    for a in arrays:
+        arr = np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
+        digest.update(f"{arr.dtype}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def sweep_stamp(
+    cfg: SweepConfig, train_images: torch.Tensor, evaluation: EvalSet, backbone: Any, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything a row of ``nodes.csv`` depends on. Run-time knobs (workers, batch size, device,
+    memory budget) are left out: they change the speed, not a row."""
+    from stratad.export.io import tensors_digest
+
     stamp = {
         **asdict(cfg),
         "workers": None,
@@ -436,15 +488,48 @@ def _check_resumable(out_dir: Path, cfg: SweepConfig, n_train: int, n_eval: int)
         "device": None,
         "memory_budget_mb": None,
         "pixel_stride": effective_pixel_stride(cfg),
-        "n_train": n_train,
-        "n_eval": n_eval,
+        "fit_params": sweep_detector_params(cfg),
+        "weights_sha256": tensors_digest(backbone.model.state_dict()),
+        "n_train": len(train_images),
+        "n_eval": len(evaluation.images),
+        "data_sha256": _digest_arrays(
+            [train_images, evaluation.images, evaluation.labels, *evaluation.masks]
+            + ([] if evaluation.pixel_images is None else [evaluation.pixel_images])
+        ),
+        **settings,
     }
+    return json.loads(json.dumps(stamp, default=str))
+
+
+_STAMP_NAMES = {
+    "data_sha256": "the data (images, labels or masks)",
+    "weights_sha256": "the backbone weights",
+    "fit_params": "the detector options",
+    "detector_params": "the detector options",
+}
+
+
+def _check_resumable(out_dir: Path, stamp: dict[str, Any]) -> None:
+    """A sweep folder belongs to one configuration; resuming with other settings would mix results."""
     path = out_dir / "sweep.json"
     if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(stamp)):
+        try:
+            previous = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
+        if not isinstance(previous, dict):
+            raise StratadError(f"{path} is damaged; use another --out folder or delete it")
+        differ = [k for k in sorted(set(stamp) | set(previous)) if stamp.get(k) != previous.get(k)]
+        if differ:
+            named = []
+            for key in differ:
+                if key in _STAMP_NAMES:
+                    named.append(_STAMP_NAMES[key])
+                else:
+                    named.append(f"{key} ({previous.get(key)!r} there, {stamp.get(key)!r} now)")
             raise StratadError(
-                f"{out_dir} holds a sweep with other settings; use another --out folder or delete it"
+                f"{out_dir} holds a run with other settings: {'; '.join(dict.fromkeys(named))}; "
+                "use another --out folder or delete it"
             )
         return
     tmp = path.with_suffix(".tmp")

@@ -33,9 +33,9 @@ class ValidationSet:
         return self.images[start:stop].float() / 255.0
 
 
-def resized_rgb(record: ImageRecord | Any, size: int) -> np.ndarray:
+def resized_rgb(record: ImageRecord | Any, size: int, bit_depth: int | None = None) -> np.ndarray:
     path = record.path if isinstance(record, ImageRecord) else record
-    rgb = read_image_rgb(path)
+    rgb = read_image_rgb(path, bit_depth)
     if rgb.shape[:2] != (size, size):
         rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
     return rgb
@@ -46,7 +46,12 @@ def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def build_validation_set(
-    split: SelectionSplit, kind: str, image_size: int, seed: int = 0, **defect_params: Any
+    split: SelectionSplit,
+    kind: str,
+    image_size: int,
+    seed: int = 0,
+    bit_depth: int | None = None,
+    **defect_params: Any,
 ) -> ValidationSet:
     """Good D_V images unchanged; each defect-bound D_V image gets one synthetic defect whose
     source (for CutPaste / NSA) is a random D_T image."""
@@ -54,11 +59,11 @@ def build_validation_set(
 
     generator = build_defect(kind, **defect_params)
     rng = np.random.default_rng(seed)
-    good = [resized_rgb(r, image_size) for r in split.val_good]
+    good = [resized_rgb(r, image_size, bit_depth) for r in split.val_good]
     defective, masks = [], []
     for record in split.val_defect:
-        target = resized_rgb(record, image_size)
-        source = resized_rgb(split.fit[int(rng.integers(len(split.fit)))], image_size)
+        target = resized_rgb(record, image_size, bit_depth)
+        source = resized_rgb(split.fit[int(rng.integers(len(split.fit)))], image_size, bit_depth)
         made = generator(target, source, rng)
         defective.append(made.image)
         masks.append(made.mask)

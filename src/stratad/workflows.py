@@ -1,0 +1,166 @@
+"""What the CLI commands do, as plain functions that tests and benchmarks call too."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stratad.errors import StratadError
+
+SCORES_FILE = "scores.csv"
+SCORE_COLUMNS = ("image", "score", "map", "overlay")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def display_path(path: str | Path) -> str:
+    """A path as text that any UTF-8 writer accepts: bytes that are not UTF-8 (a Latin-1 file name
+    such as ``caf\\xe9.jpg``) are shown as ``\\xe9`` escapes instead of crashing the writer."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", errors="backslashreplace")
+
+
+def output_names(paths: Sequence[Path], root: Path) -> list[Path]:
+    """Output path stem of each input, relative to the input ``root`` with its extension kept
+    (``sub/a.jpg``), so ``a.jpg`` and ``a.png`` or two sub-folders' ``a.png`` never share outputs."""
+    names: list[Path] = []
+    for path in paths:
+        try:
+            names.append(path.relative_to(root) if root != path else Path(path.name))
+        except ValueError:
+            names.append(Path(path.name))
+    if len(set(names)) != len(names):  # only possible for inputs given outside one root
+        seen: dict[Path, int] = {}
+        unique = []
+        for name in names:
+            seen[name] = seen.get(name, 0) + 1
+            unique.append(name if seen[name] == 1 else name.with_name(f"{name.name}~{seen[name]}"))
+        names = unique
+    return names
+
+
+def _header(model: Path, model_sha256: str, source: Path) -> list[str]:
+    from stratad import __version__
+
+    return [
+        f"# stratad {__version__} predict",
+        f"# model: {display_path(model.resolve())} sha256={model_sha256}",
+        f"# input: {display_path(source.resolve())}",
+        "# columns: image (input path), score (image anomaly score, full float precision), "
+        "map (.npy file of the float32 map at the image's size), overlay (PNG)",
+    ]
+
+
+def _previous_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return [line.rstrip("\n") for line in handle if line.startswith("#")]
+
+
+@dataclass
+class PredictSummary:
+    n_images: int
+    out: Path
+    scores: np.ndarray
+
+
+def predict_to_folder(
+    model: str | Path,
+    source: str | Path,
+    out: str | Path,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PredictSummary:
+    """Score an image or a folder of images with a saved model and write, into ``out``: per image a
+    float32 map at the image's own size (``<name>.npy``) and a heatmap overlay (``<name>.overlay.png``),
+    named after the input with its extension (``a.jpg.npy``), and ``scores.csv``, whose header says
+    which model and input produced it and whose rows are appended as images are scored (a crash keeps
+    what was scored). A folder holding another model's or another input's predictions is refused.
+    """
+    from stratad.data import images_in
+    from stratad.export.io import check_output_folder
+    from stratad.pipeline import Pipeline
+
+    model, source, out = Path(model), Path(source).expanduser(), Path(out)
+    paths = images_in(source)
+    check_output_folder(out)
+    pipe = Pipeline.load(model, device=device)
+    model_sha = file_sha256(model)
+    header = _header(model, model_sha, source)
+    scores_path = out / SCORES_FILE
+    if scores_path.is_file():
+        previous = _previous_header(scores_path)
+        if previous[1:3] != header[1:3]:
+            raise StratadError(
+                f"{out} holds predictions of another model or input ({scores_path}); use another --out "
+                "folder or delete it"
+            )
+    root = source if source.is_dir() else source.parent
+    names = output_names(paths, root)
+    all_scores: list[np.ndarray] = []
+    maps_at_input: list[np.ndarray] = []
+    with open(scores_path, "w", newline="", encoding="utf-8") as handle:
+        handle.write("\n".join(header) + "\n")
+        writer = csv.writer(handle)
+        writer.writerow(SCORE_COLUMNS)
+        handle.flush()
+        for start in range(0, len(paths), pipe.config.batch_size):
+            chunk = paths[start : start + pipe.config.batch_size]
+            pred = pipe.predict(chunk)
+            for i, path in enumerate(chunk):
+                name = names[start + i]
+                map_file = overlay_file = ""
+                if pred.maps is not None:
+                    map_path = out / name.with_name(name.name + ".npy")
+                    map_path.parent.mkdir(parents=True, exist_ok=True)
+                    _save_npy(map_path, pred.map_at_original_size(i).astype(np.float32))
+                    map_file = display_path(map_path.relative_to(out))
+                    overlay_file = display_path(name.with_name(name.name + ".overlay.png"))
+                    maps_at_input.append(pred.maps[i])
+                writer.writerow(
+                    [display_path(path), repr(float(pred.image_scores[i])), map_file, overlay_file]
+                )
+            handle.flush()  # a crash keeps every row written so far
+            all_scores.append(pred.image_scores)
+            if progress is not None:
+                progress(len(chunk))
+    if maps_at_input:
+        _write_overlays(paths, names, maps_at_input, pipe, out)
+    return PredictSummary(len(paths), out, np.concatenate(all_scores))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from stratad.export.io import atomic_write
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    data = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _write_overlays(
+    paths: Sequence[Path], names: Sequence[Path], maps: Sequence[np.ndarray], pipe: object, out: Path
+) -> None:
+    """Overlays share one colour scale over the run, so their colours compare across images."""
+    from stratad.data import read_image_rgb
+    from stratad.pipeline import resize_map
+    from stratad.report.overlay import heatmap_overlay, write_png
+
+    vmin = float(min(m.min() for m in maps))
+    vmax = float(max(m.max() for m in maps))
+    bit_depth = getattr(getattr(pipe, "config", None), "bit_depth", None)
+    for path, name, small in zip(paths, names, maps, strict=True):
+        rgb = read_image_rgb(path, bit_depth)
+        full = resize_map(small, rgb.shape[:2])
+        write_png(out / name.with_name(name.name + ".overlay.png"), heatmap_overlay(rgb, full, vmin, vmax))
