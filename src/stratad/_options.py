@@ -72,13 +72,16 @@ def _coerce(tp: Any, value: Any, name: str, error: type[StratadError]) -> Any:
         is_none = value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", ""))
         if is_none and type(None) in args:
             return None
+        failures: list[StratadError] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(arg, value, name, error)
-            except StratadError:
-                continue
+            except StratadError as exc:
+                failures.append(exc)
+        if len(failures) == 1:  # one real type (``float | None``): its own message says why
+            raise failures[0]
         raise error(f"option {name}: cannot use {value!r}")
     if origin is list:
         items = value.split(",") if isinstance(value, str) else value

@@ -214,7 +214,7 @@ def evaluate(
     from stratad.pipeline import Pipeline
 
     if json_out is not None:
-        check_output_file(json_out)
+        check_output_file(json_out, "metrics.json")
     split = _load_split(data, dataset, category, seed, train_fraction)
     if not split.test:
         raise StratadError(f"{data} has no test images")

@@ -27,7 +27,7 @@ from stratad.detectors.base import (
     detector_from_state,
 )
 from stratad.device import loadable_device, resolve_device
-from stratad.errors import ModelFileError, StratadError
+from stratad.errors import DetectorError, ModelFileError, StratadError
 from stratad.export.io import load_tensors, save_tensors
 from stratad.features.types import FeatureBatch
 
@@ -422,7 +422,9 @@ class Pipeline:
         size = self.config.image_size
         try:
             scores, maps = self.score_images(torch.full((1, 3, size, size), 0.5))
-        except StratadError:
+        except DetectorError as exc:
+            raise ModelFileError(f"{path} does not fit its backbone and nodes: {exc}") from None
+        except StratadError:  # missing weights, an unknown backbone: said as they are
             raise
         except Exception as exc:  # any kernel error means the stored state does not fit the network
             text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

@@ -97,7 +97,8 @@ def _to_uint8(values: np.ndarray, bit_depth: int | None, source: Path) -> np.nda
         if top > 2**depth - 1:
             raise ImageReadError(
                 f"image {source} has values up to {top}, above the {depth}-bit range (0..{2**depth - 1}) "
-                f"used for this data; pass --bit-depth {native_bit_depth(values, source)} (or more)"
+                "this data is read with (the depth of the training images unless --bit-depth sets it); "
+                f"fit with --bit-depth {native_bit_depth(values, source)} or more"
             )
         scaled = values.astype(np.float64) * (255.0 / (2**depth - 1))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

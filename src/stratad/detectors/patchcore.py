@@ -105,7 +105,13 @@ class PatchCore(Detector):
     def score(self, test: FeatureBatch) -> Scores:
         index = self._index()
         emb = self.embed(test)
-        n, _, h, w = emb.shape
+        n, channels, h, w = emb.shape
+        assert self.memory_bank_ is not None
+        if channels != self.memory_bank_.shape[1]:
+            raise DetectorError(
+                f"the memory bank holds {self.memory_bank_.shape[1]}-d patches but these nodes give "
+                f"{channels}-d patches: score with the nodes and options it was fitted with"
+            )
         queries = flatten_patches(emb)
         dists, nn_idx = index.search(queries, k=1)
         maps = dists[:, 0].reshape(n, h, w)

@@ -23,7 +23,7 @@ from stratad.errors import ModelFileError, StratadError
 
 #: Version of the model-file layout. Bump it whenever a saved config gains or changes a key, so an
 #: older stratad refuses a newer file with "made by a newer stratad" instead of misreading it.
-#: 2: pipeline config key ``bit_depth``; a digest of the tensors in the metadata.
+#: 2: pipeline config key ``bit_depth``; a digest of the tensors and metadata in the metadata.
 FORMAT_VERSION = 2
 _META_KEY = "stratad"
 _DIGEST_KEY = "tensors_sha256"
@@ -86,11 +86,11 @@ def atomic_write(path: str | Path, write: Any) -> None:
         raise
 
 
-def check_output_file(path: str | Path) -> None:
+def check_output_file(path: str | Path, example: str = "model.stratad") -> None:
     """Fail before long work when ``path`` cannot be written (a folder, or an unwritable location)."""
     target = Path(path)
     if target.is_dir():
-        raise ModelFileError(f"{target} is a folder; give a file name such as {target / 'model.stratad'}")
+        raise ModelFileError(f"{target} is a folder; give a file name such as {target / example}")
     parent = target.parent if str(target.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -124,13 +124,18 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def file_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
+    """SHA-256 over the tensors and the metadata (all but the digest itself): a flipped byte anywhere
+    in a model file is found at load time instead of silently changing a score."""
+    body = {k: v for k, v in meta.items() if k != _DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{tensors_digest(tensors)}|{text}".encode()).hexdigest()
+
+
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     payload = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    header = {
-        _META_KEY: json.dumps(
-            {"format_version": FORMAT_VERSION, _DIGEST_KEY: tensors_digest(payload), **meta}
-        )
-    }
+    body = {"format_version": FORMAT_VERSION, **meta}
+    header = {_META_KEY: json.dumps({**body, _DIGEST_KEY: file_digest(payload, body)})}
     atomic_write(path, lambda tmp: save_file(payload, tmp, metadata=header))
 
 
@@ -165,8 +170,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         )
     if version < 1:
         raise ModelFileError(f"{source} has an unknown file format version {version}")
-    if version >= 2 and meta.get(_DIGEST_KEY) != tensors_digest(tensors):
-        raise ModelFileError(f"{source} is damaged: its tensors do not match the digest written with them")
+    if version >= 2 and meta.get(_DIGEST_KEY) != file_digest(tensors, meta):
+        raise ModelFileError(f"{source} is damaged: its content does not match the digest written with it")
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ModelFileError(f"{source} is damaged: tensor {name} holds non-finite values")

@@ -519,7 +519,8 @@ def _check_resumable(out_dir: Path, stamp: dict[str, Any]) -> None:
             previous = None
         if not isinstance(previous, dict):
             raise StratadError(f"{path} is damaged; use another --out folder or delete it")
-        differ = [k for k in sorted(set(stamp) | set(previous)) if stamp.get(k) != previous.get(k)]
+        keys = sorted(set(stamp) | set(previous), key=lambda k: (k in _STAMP_NAMES, k))  # digests last
+        differ = [k for k in keys if stamp.get(k) != previous.get(k)]
         if differ:
             named = []
             for key in differ:
