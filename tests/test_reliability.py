@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 
 from stratad.data import load_dataset, read_image_rgb, read_mask
-from stratad.data.io import detect_bit_depth
 from stratad.errors import ImageReadError, MaskError, ModelFileError, StratadError
 from stratad.evaluation import evaluate_pipeline
 from stratad.export.io import load_tensors, save_tensors
@@ -165,6 +164,8 @@ def _as_12_bit(image: np.ndarray) -> np.ndarray:
 
 
 def test_3_twelve_bit_images_score_like_their_eight_bit_content(tmp_path: Path) -> None:
+    from stratad.data.io import detect_bit_depth
+
     eight = make_mvtec(tmp_path / "eight")
     twelve = tmp_path / "twelve" / "widget"
     shutil.copytree(eight, twelve)
@@ -182,6 +183,8 @@ def test_3_twelve_bit_images_score_like_their_eight_bit_content(tmp_path: Path) 
 
 
 def test_3_colour_16_bit_and_float_images(tmp_path: Path) -> None:
+    from stratad.data.io import detect_bit_depth
+
     rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "rgb48.png"), _as_12_bit(rgb)[..., ::-1])  # 16-bit RGB, 12-bit data
     assert detect_bit_depth([tmp_path / "rgb48.png"]) == 12
