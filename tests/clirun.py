@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import traceback
 from dataclasses import dataclass
 
 
@@ -25,7 +26,11 @@ def stratad(*args: str) -> CliResult:
     code: int | str | None = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
+            try:
+                main()
+            except Exception:  # what a user would see: a traceback and exit code 1
+                traceback.print_exc()
+                code = 1
     except SystemExit as exc:
         code = exc.code
     finally:
