@@ -459,6 +459,7 @@ def test_bad_input_gives_one_error_line(env: Env, index: int) -> None:
     case = CASES[index]
     if case.needs_no_cuda and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
+    (env.root / "never.stratad").unlink(missing_ok=True)  # an earlier case's failure must not leak here
     line = error_line(stratad(*case.args(env)))
     assert case.needle in line, line
     assert not (env.root / "never.stratad").exists()  # no half-written or unwanted model
