@@ -1,28 +1,22 @@
-"""The command line as a user meets it: outputs on success, one clear line on bad input."""
+"""The command line as a user meets it: what each command writes (bad input: tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
+import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from tests.clirun import CliResult, error_line, stratad
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stratad.cli", *args], capture_output=True, text=True, timeout=600
-    )
+def run(*args: str) -> CliResult:
+    return stratad(*args)
 
 
-def assert_clean_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and needle in errors[0], proc.stderr
-    assert proc.stderr.rstrip().endswith(errors[0]), proc.stderr
+def assert_clean_error(proc: CliResult, needle: str) -> None:
+    assert needle in error_line(proc)
 
 
 def test_fit_predict_evaluate_end_to_end(tiny_mvtec: Path, tmp_path: Path) -> None:
@@ -67,39 +61,10 @@ def test_fit_predict_evaluate_end_to_end(tiny_mvtec: Path, tmp_path: Path) -> No
     )
     assert ev.returncode == 0, ev.stderr
     metrics = json.loads(out.read_text())
-    for key in ("image_auroc", "pixel_auroc", "aupro_30", "f1_max", "p_h"):
-        assert 0.0 <= metrics[key] <= 1.0
+    # Bright squares on stripes: every defect outranks every good image and is found where it is.
+    assert metrics["image_auroc"] == 1.0 and metrics["f1_max"] == 1.0
+    assert metrics["pixel_auroc"] > 0.95 and metrics["aupro_30"] > 0.9
     assert metrics["n_test_images"] == 8 and metrics["detector"] == "patchcore"
-
-
-def test_bad_input_is_one_line(tiny_mvtec: Path, tmp_path: Path) -> None:
-    model = tmp_path / "m.stratad"
-    base = ["fit", "--out", str(model), "--image-size", "64", "--no-progress"]
-    assert_clean_error(run(*base, "--data", str(tmp_path / "nowhere")), "not found")
-    assert_clean_error(run(*base, "--data", str(tiny_mvtec), "--backbone", "resnet9000"), "resnet9000")
-    assert_clean_error(run(*base, "--data", str(tiny_mvtec), "--nodes", "blocks.42"), "blocks.42")
-    assert_clean_error(run(*base, "--data", str(tiny_mvtec), "-p", "coreset_size=lots"), "coreset_size")
-    assert not model.exists()
-    # A corrupt image in the training folder: named in the message, no model file.
-    (tiny_mvtec / "train" / "good" / "zz_broken.png").write_bytes(b"\x89PNG broken")
-    assert_clean_error(run(*base, "--data", str(tiny_mvtec)), "zz_broken.png")
-    assert not model.exists()
-    # A mask whose size differs from its image.
-    (tiny_mvtec / "train" / "good" / "zz_broken.png").unlink()
-    fit = run(*base, "--data", str(tiny_mvtec), "-p", "coreset_size=50")
-    assert fit.returncode == 0, fit.stderr
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tiny_mvtec / "ground_truth" / "spot" / "000_mask.png")
-    assert_clean_error(
-        run("evaluate", "--model", str(model), "--data", str(tiny_mvtec), "--no-progress"), "000_mask.png"
-    )
-    spot = str(tiny_mvtec / "test" / "spot")
-    assert_clean_error(
-        run("predict", "--model", str(tmp_path / "none.stratad"), spot, "--out", str(tmp_path / "o")),
-        "not found",
-    )
-    assert_clean_error(
-        run("predict", "--model", str(model), str(tmp_path), "--out", str(tmp_path / "o")), "no images"
-    )
 
 
 def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
@@ -110,7 +75,9 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
     sel = run("select", "--data", str(data), "--defects", "cutpaste", "--out", str(tmp_path / "sel"), *common)
     assert sel.returncode == 0, sel.stderr
     chosen = json.loads((tmp_path / "sel" / "selected.json").read_text())["node"]
-    assert chosen in {"blocks.1.1.add", "blocks.2.1.add"}
+    with open(tmp_path / "sel" / "nodes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert chosen == max(rows, key=lambda r: float(r["p_h"]))["node"]
     assert (tmp_path / "sel" / "model.stratad").is_file()
     assert (tmp_path / "sel" / "nodes.csv").read_text().count("\n") == 3
     sw = run("sweep", "--data", str(data), "--out", str(tmp_path / "sweep"), "--no-rf", *common)
