@@ -27,8 +27,8 @@ import numpy as np
 
 import stratad  # noqa: F401  (thread settings before torch)
 from stratad.data import load_dataset
-from stratad.data.io import image_size_of, read_mask
-from stratad.evaluation import evaluate_pipeline
+from stratad.data.io import image_size_of
+from stratad.evaluation import evaluate_pipeline, load_masks
 from stratad.pipeline import Pipeline
 from stratad.selection import EvalSet, SweepConfig, run_sweep, select_features
 from stratad.selection.sweep import load_uint8_images
@@ -38,11 +38,8 @@ MTD = ROOT.parent / "shared" / "datasets" / "mtd"
 
 
 def real_masks(records: list[Any]) -> list[np.ndarray]:
-    out = []
-    for r in records:
-        hw = image_size_of(r.path)
-        out.append(np.zeros(hw, bool) if r.mask_path is None else read_mask(r.mask_path, hw))
-    return out
+    """Ground truth at original size, through the one mask loader (a missing mask is an error)."""
+    return load_masks(records, [image_size_of(r.path) for r in records])
 
 
 def mean_std(values: list[float]) -> dict[str, float]:

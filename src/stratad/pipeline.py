@@ -349,30 +349,59 @@ class Pipeline:
     def score_images(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """Image scores (N,) and smoothed maps (N, S, S) of images in [0, 1] at the network size.
 
-        Each image passes the backbone and the detector on its own: convolution and matrix-product
-        kernels pick their algorithm by batch shape, so a batched image's score would differ in the
-        7th digit from the same image scored alone (or in a batch with other images). One image at a
-        time makes a score a function of its image only; on the CPU that costs little (the 2-core
-        backbone rate of EfficientNet-Lite0 at batch 1 is within ~20% of batch 16).
+        Each image passes the backbone and the detector on its own, with one thread: convolution and
+        matrix-product kernels pick their algorithm by batch shape and thread count, so a batched
+        image's score would differ in the 7th digit from the same image scored alone or among other
+        images. The parallelism is across images instead: ``torch.get_num_threads()`` images at a
+        time in a thread pool (torch, faiss and NumPy release the GIL). On the 2-vCPU machine this
+        is also the fastest way to run single images: with two intra-op threads every small op of a
+        batch-1 pass puts the passive OpenMP threads to sleep and wakes them again
+        (``benchmarks/bench_threads.py``: 77 against 150 images/s for blocks.2 + blocks.4).
         """
-        size = (self.config.image_size, self.config.image_size)
-        scores: list[np.ndarray] = []
-        maps: list[np.ndarray] = []
-        for i in range(images.shape[0]):
-            one = images[i : i + 1]
-            if self.config.patch_size:
-                from stratad.features.patches import extract_patch_features
+        from concurrent.futures import ThreadPoolExecutor
 
-                feats = extract_patch_features(
-                    self.extractor, one, self.config.patch_size, self.config.patch_stride
-                )
-            else:
-                feats = self.extractor(one)
-            out = self.detector.score(FeatureBatch({n: feats[n] for n in self.config.nodes}, size))
-            scores.append(np.asarray(out.image_scores, dtype=np.float32).reshape(1))
-            if out.maps is not None:
-                maps.append(self.postprocess_maps(out.maps))
-        return np.concatenate(scores), (np.concatenate(maps) if maps else None)
+        from threadpoolctl import threadpool_limits
+
+        count = int(images.shape[0])
+        if count == 0:
+            raise StratadError("no images to score")
+        workers = 1 if self.config.device != "cpu" else max(1, min(torch.get_num_threads(), count))
+        threads = torch.get_num_threads()
+        results: list[tuple[np.ndarray, np.ndarray | None]] = []
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1):
+                # The first image in this thread: lazily built parts (extractor, kNN index) exist
+                # before other threads share them.
+                results.append(self._score_one(images[:1]))
+                if workers > 1 and count > 1:
+                    with ThreadPoolExecutor(
+                        workers, initializer=torch.set_num_threads, initargs=(1,)
+                    ) as pool:
+                        results.extend(
+                            pool.map(lambda i: self._score_one(images[i : i + 1]), range(1, count))
+                        )
+                else:
+                    results.extend(self._score_one(images[i : i + 1]) for i in range(1, count))
+        finally:
+            torch.set_num_threads(threads)
+        scores = np.concatenate([r[0] for r in results])
+        maps = [r[1] for r in results if r[1] is not None]
+        return scores, (np.concatenate(maps) if maps else None)
+
+    def _score_one(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        size = (self.config.image_size, self.config.image_size)
+        if self.config.patch_size:
+            from stratad.features.patches import extract_patch_features
+
+            feats = extract_patch_features(
+                self.extractor, image, self.config.patch_size, self.config.patch_stride
+            )
+        else:
+            feats = self.extractor(image)
+        out = self.detector.score(FeatureBatch({n: feats[n] for n in self.config.nodes}, size))
+        score = np.asarray(out.image_scores, dtype=np.float32).reshape(1)
+        return score, (None if out.maps is None else self.postprocess_maps(out.maps))
 
     def postprocess_maps(self, maps: np.ndarray) -> np.ndarray:
         c = self.config
