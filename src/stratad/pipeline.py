@@ -324,26 +324,28 @@ class Pipeline:
     def predict(
         self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None
     ) -> Prediction:
+        """Scores and maps of images on disk; each worker of :meth:`score_images`' pool reads its
+        image too, so decoding overlaps the other worker's forward pass."""
         if not self.fitted_:
             raise StratadError("the pipeline is not fitted: call fit() or load a saved model first")
         if not images:
             raise StratadError("no images to predict")
-        scores: list[np.ndarray] = []
-        maps: list[np.ndarray] = []
-        sizes: list[tuple[int, int]] = []
-        for batch, batch_sizes in self._batches(images):
-            image_scores, image_maps = self.score_images(batch)
-            scores.append(image_scores)
-            if image_maps is not None:
-                maps.append(image_maps)
-            sizes.extend(batch_sizes)
+        size = self.config.image_size
+
+        def read_and_score(item: ImageSource) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+            tensor, hw = load_image(_path_of(item), size, self.config.bit_depth)
+            score, anomaly_map = self._score_one(tensor[None])
             if progress is not None:
-                progress(len(batch_sizes))
+                progress(1)
+            return score, anomaly_map, hw
+
+        results = self._map_images(read_and_score, list(images))
+        maps = [r[1] for r in results if r[1] is not None]
         return Prediction(
             [_path_of(i) for i in images],
-            np.concatenate(scores).astype(np.float32),
+            np.concatenate([r[0] for r in results]).astype(np.float32),
             np.concatenate(maps) if maps else None,
-            sizes,
+            [r[2] for r in results],
         )
 
     def score_images(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
@@ -352,42 +354,44 @@ class Pipeline:
         Each image passes the backbone and the detector on its own, with one thread: convolution and
         matrix-product kernels pick their algorithm by batch shape and thread count, so a batched
         image's score would differ in the 7th digit from the same image scored alone or among other
-        images. The parallelism is across images instead: ``torch.get_num_threads()`` images at a
-        time in a thread pool (torch, faiss and NumPy release the GIL). On the 2-vCPU machine this
-        is also the fastest way to run single images: with two intra-op threads every small op of a
-        batch-1 pass puts the passive OpenMP threads to sleep and wakes them again
-        (``benchmarks/bench_threads.py``: 77 against 150 images/s for blocks.2 + blocks.4).
+        images. The parallelism is across images instead (:meth:`_map_images`).
         """
+        if int(images.shape[0]) == 0:
+            raise StratadError("no images to score")
+        results = self._map_images(lambda i: self._score_one(images[i : i + 1]), list(range(images.shape[0])))
+        maps = [r[1] for r in results if r[1] is not None]
+        return np.concatenate([r[0] for r in results]), (np.concatenate(maps) if maps else None)
+
+    def _map_images(self, work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``[work(item) for item in items]``, ``torch.get_num_threads()`` items at a time in a thread
+        pool (torch, faiss, NumPy and Pillow release the GIL), every one with one intra-op thread.
+        On the 2-vCPU machine this is also the fastest way to run single images
+        (``benchmarks/bench_threads.py``, blocks.2 + blocks.4, passive OpenMP waiting): 164 images/s
+        idle and 101 with the other core busy, against 79 / 92 for one image at a time with two
+        intra-op threads (every small op puts the sleeping OpenMP threads to work and back to sleep)
+        and 155 / 117 for the former batches of 16."""
         from concurrent.futures import ThreadPoolExecutor
 
         from threadpoolctl import threadpool_limits
 
-        count = int(images.shape[0])
-        if count == 0:
-            raise StratadError("no images to score")
-        workers = 1 if self.config.device != "cpu" else max(1, min(torch.get_num_threads(), count))
         threads = torch.get_num_threads()
-        results: list[tuple[np.ndarray, np.ndarray | None]] = []
+        workers = 1 if self.config.device != "cpu" else max(1, min(threads, len(items)))
         torch.set_num_threads(1)
         try:
             with threadpool_limits(1):
-                # The first image in this thread: lazily built parts (extractor, kNN index) exist
+                # The first item in this thread: lazily built parts (extractor, kNN index) then exist
                 # before other threads share them.
-                results.append(self._score_one(images[:1]))
-                if workers > 1 and count > 1:
+                results = [work(items[0])]
+                if workers > 1 and len(items) > 1:
                     with ThreadPoolExecutor(
                         workers, initializer=torch.set_num_threads, initargs=(1,)
                     ) as pool:
-                        results.extend(
-                            pool.map(lambda i: self._score_one(images[i : i + 1]), range(1, count))
-                        )
+                        results.extend(pool.map(work, items[1:]))
                 else:
-                    results.extend(self._score_one(images[i : i + 1]) for i in range(1, count))
+                    results.extend(work(item) for item in items[1:])
         finally:
             torch.set_num_threads(threads)
-        scores = np.concatenate([r[0] for r in results])
-        maps = [r[1] for r in results if r[1] is not None]
-        return scores, (np.concatenate(maps) if maps else None)
+        return results
 
     def _score_one(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         size = (self.config.image_size, self.config.image_size)
