@@ -10,6 +10,10 @@ PatchCore fits 209 images in ~245 s (coreset ~200 s) and predicts ~6 images/s.
 
 from __future__ import annotations
 
+from stratad.runtime import configure_runtime
+
+configure_runtime()  # before torch loads: passive OpenMP waiting, freed-memory reuse
+
 import argparse
 import json
 import os
@@ -21,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-import stratad  # noqa: F401  (thread settings before torch)
 from stratad.data import load_dataset
 from stratad.pipeline import Pipeline
 

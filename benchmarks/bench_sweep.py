@@ -12,6 +12,10 @@ times on the shared 2-vCPU machine vary by about 10% from run to run.
 
 from __future__ import annotations
 
+from stratad.runtime import configure_runtime
+
+configure_runtime()  # before torch loads: passive OpenMP waiting, freed-memory reuse
+
 import argparse
 import json
 import resource
@@ -20,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import stratad  # noqa: F401  (thread settings before torch)
 from stratad.backbones import build_backbone, relative_receptive_field
 from stratad.data import load_dataset
 from stratad.pipeline import Pipeline

@@ -10,6 +10,10 @@ detector and is evaluated at each test image's original resolution. Writes JSON.
 
 from __future__ import annotations
 
+from stratad.runtime import configure_runtime
+
+configure_runtime()  # before torch loads: passive OpenMP waiting, freed-memory reuse
+
 import argparse
 import json
 import sys
@@ -18,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-import stratad  # noqa: F401  (thread settings before torch)
 from stratad.backbones import resolve_nodes
 from stratad.data import load_dataset
 from stratad.detectors.base import build_seeded_detector

@@ -10,6 +10,10 @@ file as they finish, so a stopped run keeps what it has; rerunning skips finishe
 
 from __future__ import annotations
 
+from stratad.runtime import configure_runtime
+
+configure_runtime()  # before torch loads: passive OpenMP waiting, freed-memory reuse
+
 import argparse
 import json
 import resource
@@ -20,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-import stratad  # noqa: F401  (thread settings before torch)
 from stratad.data import load_dataset
 from stratad.evaluation import evaluate_pipeline
 from stratad.metrics import sigma_to_fpr

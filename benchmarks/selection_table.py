@@ -14,6 +14,10 @@ Everything is cached in --work (resumable); the summary (mean +- std over seeds)
 
 from __future__ import annotations
 
+from stratad.runtime import configure_runtime
+
+configure_runtime()  # before torch loads: passive OpenMP waiting, freed-memory reuse
+
 import argparse
 import dataclasses
 import json
@@ -25,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-import stratad  # noqa: F401  (thread settings before torch)
 from stratad.data import load_dataset
 from stratad.data.io import image_size_of
 from stratad.evaluation import evaluate_pipeline, load_masks

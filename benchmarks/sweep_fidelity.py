@@ -13,6 +13,10 @@ P_h difference, and the selected node. Sweep folders in --work are resumable. Wr
 
 from __future__ import annotations
 
+from stratad.runtime import configure_runtime
+
+configure_runtime()  # before torch loads: passive OpenMP waiting, freed-memory reuse
+
 import argparse
 import json
 import statistics
@@ -23,7 +27,6 @@ from typing import Any
 
 from scipy.stats import spearmanr
 
-import stratad  # noqa: F401  (thread settings before torch)
 from stratad.data import load_dataset
 from stratad.selection import SweepConfig, select_features
 

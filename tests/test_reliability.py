@@ -253,7 +253,7 @@ def test_5_non_utf8_file_name(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "stratad.cli",
+            "stratad",
             "predict",
             "--model",
             str(model),

@@ -1,4 +1,8 @@
-"""Thread and allocator settings, applied when stratad is imported (before torch allocates).
+"""Thread and allocator settings for a process that runs stratad: :func:`configure_runtime`.
+
+``import stratad`` changes nothing in the host process. The ``stratad`` command applies these
+settings first thing (``stratad._entry``); a script or benchmark calls :func:`configure_runtime`
+before it imports torch (the OpenMP wait policy is read when libgomp loads).
 
 Threads, measured on the 2-vCPU CI machine: libgomp's default active spin-wait costs ~8 ms per
 parallel op once two threads contend for one physical core's worth of throughput, which makes
@@ -19,7 +23,9 @@ from __future__ import annotations
 import os
 
 
-def configure_threads() -> None:
+def configure_runtime() -> None:
+    """Passive OpenMP waiting and glibc's freed-memory reuse for this process (module docstring);
+    every variable the user set explicitly wins. Call it before importing torch."""
     # setdefault: an explicit user choice always wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("KMP_BLOCKTIME", "0")

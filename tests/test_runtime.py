@@ -1,0 +1,34 @@
+"""``import stratad`` leaves the host process alone; the command line applies its settings itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+CHECK = """
+import os, sys
+for name in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME"):
+    os.environ.pop(name, None)
+import stratad, stratad.cli, stratad.pipeline, stratad.selection
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("KMP_BLOCKTIME"))
+from stratad.runtime import configure_runtime
+configure_runtime()
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("KMP_BLOCKTIME"))
+"""
+
+
+def test_import_has_no_side_effects_and_configure_runtime_applies_settings() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["None None", "PASSIVE 0"]
+
+
+def test_an_explicit_user_setting_wins() -> None:
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    code = (
+        "import os; from stratad.runtime import configure_runtime; configure_runtime(); "
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
