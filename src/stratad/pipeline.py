@@ -222,28 +222,16 @@ class Pipeline:
     @property
     def nodes(self) -> list[str]:
         if not self.config.nodes:
-            defaults = detector_class(self.config.detector).default_nodes
-            chosen = defaults.get(self.config.backbone) or defaults.get("*")
-            if not chosen:
-                raise StratadError(f"the {self.config.detector} detector has no default nodes; pass --nodes")
-            self.config.nodes = list(chosen)
-            self._defaulted = True
+            from stratad.backbones.stages import stage_info
+
+            rule = detector_class(self.config.detector).default_nodes
+            self.config.nodes = rule.resolve(*stage_info(self.backbone), backbone=self.config.backbone)
         return self.config.nodes
 
     def _resolve(self) -> None:
         from stratad.backbones import resolve_nodes
-        from stratad.errors import NodeError
 
-        try:
-            self.config.nodes = resolve_nodes(self.backbone, self.nodes)
-        except NodeError:
-            if getattr(self, "_defaulted", False):
-                c = self.config
-                raise StratadError(
-                    f"the {c.detector} detector has no default nodes for {c.backbone}; pass --nodes "
-                    f"(see `stratad nodes {c.backbone}`)"
-                ) from None
-            raise
+        self.config.nodes = resolve_nodes(self.backbone, self.nodes)
 
     def prepare(self) -> Pipeline:
         """Build the backbone and resolve the nodes now, so bad names fail before any long work."""

@@ -64,7 +64,6 @@ def test_save_load_identical_scores(tmp_path: Path) -> None:
 
 def test_options_and_errors() -> None:
     assert "dn2" in list_detectors()
-    assert DN2.default_nodes == {"efficientnet_lite0": ("global_pool",), "*": ("avgpool",)}
     with pytest.raises(DetectorError, match="neighbours"):
         build_detector("dn2", neighbours=0)
     with pytest.raises(DetectorError, match="not fitted"):

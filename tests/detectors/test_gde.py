@@ -167,7 +167,6 @@ def test_gde_on_patch_features_finds_a_defect() -> None:
 
 def test_options_and_errors() -> None:
     assert "gde" in list_detectors()
-    assert GaussianDensity.default_nodes == {"efficientnet_lite0": ("global_pool",), "*": ("avgpool",)}
     with pytest.raises(DetectorError, match="chunk_rows"):
         build_detector("gde", chunk_rows=0)
     with pytest.raises(DetectorError, match="not fitted"):

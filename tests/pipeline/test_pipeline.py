@@ -80,10 +80,41 @@ def test_patch_mode_gde(tiny_mvtec: Path, tmp_path: Path) -> None:
         Pipeline(image_size=64, patch_size=128)
 
 
-def test_default_nodes_per_detector_resolve() -> None:
-    for detector in ("patchcore", "padim", "gaussian", "dn2", "spade", "gde"):
-        pipe = Pipeline("efficientnet_lite0", None, detector, 64).prepare()
-        assert pipe.config.nodes, detector
+LITE0 = {
+    "patchcore": ["blocks.2.1.add", "blocks.4.2.add"],
+    "padim": ["blocks.1.1.add", "blocks.2.1.add", "blocks.3.2.add"],
+    "gaussian": [
+        "blocks.0.0.bn2",
+        "blocks.1.1.add",
+        "blocks.2.1.add",
+        "blocks.3.2.add",
+        "blocks.4.2.add",
+        "blocks.5.3.add",
+        "blocks.6.0.bn3",
+    ],
+    "dn2": ["global_pool.flatten"],
+    "spade": ["blocks.2.1.add", "blocks.3.2.add", "blocks.4.2.add", "global_pool.flatten"],
+    "gde": ["global_pool.flatten"],
+}
+RESNET18 = {
+    "patchcore": ["layer2.1.relu_1", "layer3.1.relu_1"],
+    "padim": ["layer1.1.relu_1", "layer2.1.relu_1", "layer3.1.relu_1"],
+    "gaussian": ["layer1.1.relu_1", "layer2.1.relu_1", "layer3.1.relu_1", "layer4.1.relu_1"],
+    "dn2": ["avgpool"],
+    "spade": ["layer1.1.relu_1", "layer2.1.relu_1", "layer3.1.relu_1", "avgpool"],
+    "gde": ["avgpool"],
+}
+
+
+@pytest.mark.parametrize("detector", sorted(LITE0))
+def test_default_nodes_by_stride(detector: str) -> None:
+    """Defaults are stated by stride; on the two reference backbones they are the papers' nodes."""
+    for backbone, weights, expected in (
+        ("efficientnet_lite0", "imagenet", LITE0),
+        ("resnet18", "random", RESNET18),
+    ):
+        pipe = Pipeline(backbone, None, detector, 64, weights=weights).prepare()
+        assert pipe.config.nodes == expected[detector], (backbone, detector)
 
 
 def test_smoothing_is_scipys_gaussian_filter() -> None:

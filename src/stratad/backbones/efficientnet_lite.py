@@ -139,6 +139,8 @@ def _lite_backbone(variant: int, weights: WeightSource) -> Backbone:
         weights=description,
         source=BackboneSource.TIMM,
         native_size=_NATIVE_SIZE[variant],
+        stages=tuple(f"blocks.{i}" for i in range(len(model.blocks))),  # type: ignore[arg-type]
+        pooled="global_pool",
     )
 
 

@@ -72,6 +72,9 @@ class Backbone:
     ``model`` is in eval mode; inputs must be RGB in [0, 1] normalised with ``mean`` / ``std``
     (:class:`~stratad.backbones.extractor.NodeExtractor` does that itself). ``weights`` describes the
     weight source for reports; ``native_size`` is the input side the weights were trained at.
+    ``stages`` names the modules that end the network's stages, in order, and ``pooled`` the global
+    pooling module (like timm's ``feature_info``): detectors choose their default nodes from them by
+    stride (:func:`stratad.backbones.stages.stage_info`), never by backbone name.
     """
 
     name: str
@@ -81,6 +84,8 @@ class Backbone:
     weights: str
     source: BackboneSource
     native_size: int = 224
+    stages: tuple[str, ...] = ()
+    pooled: str | None = None
 
 
 BackboneBuilder = Callable[[WeightSource], Backbone]

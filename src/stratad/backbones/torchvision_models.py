@@ -52,6 +52,8 @@ def _torchvision_backbone(
     weights: WeightSource,
     native_size: int = 224,
     remap: KeyRemap | None = None,
+    stages: tuple[str, ...] = (),
+    pooled: str | None = None,
 ) -> Backbone:
     model = constructor(weights=None)
     if weights.kind is WeightsKind.RANDOM:
@@ -74,30 +76,63 @@ def _torchvision_backbone(
         weights=description,
         source=BackboneSource.TORCHVISION,
         native_size=native_size,
+        stages=stages,
+        pooled=pooled,
     )
+
+
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_DENSENET_STAGES = tuple(f"features.denseblock{i}" for i in range(1, 5))
+# features.0 is the stem, features.8 the 1x1 head convolution after the last stage.
+_EFFICIENTNET_STAGES = tuple(f"features.{i}" for i in range(1, 8))
 
 
 @register_backbone("resnet18")
 def resnet18(weights: WeightSource) -> Backbone:
-    return _torchvision_backbone("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, weights)
+    return _torchvision_backbone(
+        "resnet18",
+        tvm.resnet18,
+        tvm.ResNet18_Weights.IMAGENET1K_V1,
+        weights,
+        stages=_RESNET_STAGES,
+        pooled="avgpool",
+    )
 
 
 @register_backbone("resnet50")
 def resnet50(weights: WeightSource) -> Backbone:
-    return _torchvision_backbone("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, weights)
+    return _torchvision_backbone(
+        "resnet50",
+        tvm.resnet50,
+        tvm.ResNet50_Weights.IMAGENET1K_V1,
+        weights,
+        stages=_RESNET_STAGES,
+        pooled="avgpool",
+    )
 
 
 @register_backbone("wide_resnet50_2")
 def wide_resnet50_2(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "wide_resnet50_2", tvm.wide_resnet50_2, tvm.Wide_ResNet50_2_Weights.IMAGENET1K_V1, weights
+        "wide_resnet50_2",
+        tvm.wide_resnet50_2,
+        tvm.Wide_ResNet50_2_Weights.IMAGENET1K_V1,
+        weights,
+        stages=_RESNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("densenet201")
 def densenet201(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "densenet201", tvm.densenet201, tvm.DenseNet201_Weights.IMAGENET1K_V1, weights, remap=_densenet_keys
+        "densenet201",
+        tvm.densenet201,
+        tvm.DenseNet201_Weights.IMAGENET1K_V1,
+        weights,
+        remap=_densenet_keys,
+        stages=_DENSENET_STAGES,
+        pooled="adaptive_avg_pool2d",
     )
 
 
@@ -105,54 +140,102 @@ def densenet201(weights: WeightSource) -> Backbone:
 @register_backbone("efficientnet_b0")
 def efficientnet_b0(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b0", tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights.IMAGENET1K_V1, weights, 224
+        "efficientnet_b0",
+        tvm.efficientnet_b0,
+        tvm.EfficientNet_B0_Weights.IMAGENET1K_V1,
+        weights,
+        224,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("efficientnet_b1")
 def efficientnet_b1(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b1", tvm.efficientnet_b1, tvm.EfficientNet_B1_Weights.IMAGENET1K_V1, weights, 240
+        "efficientnet_b1",
+        tvm.efficientnet_b1,
+        tvm.EfficientNet_B1_Weights.IMAGENET1K_V1,
+        weights,
+        240,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("efficientnet_b2")
 def efficientnet_b2(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b2", tvm.efficientnet_b2, tvm.EfficientNet_B2_Weights.IMAGENET1K_V1, weights, 288
+        "efficientnet_b2",
+        tvm.efficientnet_b2,
+        tvm.EfficientNet_B2_Weights.IMAGENET1K_V1,
+        weights,
+        288,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("efficientnet_b3")
 def efficientnet_b3(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b3", tvm.efficientnet_b3, tvm.EfficientNet_B3_Weights.IMAGENET1K_V1, weights, 300
+        "efficientnet_b3",
+        tvm.efficientnet_b3,
+        tvm.EfficientNet_B3_Weights.IMAGENET1K_V1,
+        weights,
+        300,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("efficientnet_b4")
 def efficientnet_b4(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b4", tvm.efficientnet_b4, tvm.EfficientNet_B4_Weights.IMAGENET1K_V1, weights, 380
+        "efficientnet_b4",
+        tvm.efficientnet_b4,
+        tvm.EfficientNet_B4_Weights.IMAGENET1K_V1,
+        weights,
+        380,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("efficientnet_b5")
 def efficientnet_b5(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b5", tvm.efficientnet_b5, tvm.EfficientNet_B5_Weights.IMAGENET1K_V1, weights, 456
+        "efficientnet_b5",
+        tvm.efficientnet_b5,
+        tvm.EfficientNet_B5_Weights.IMAGENET1K_V1,
+        weights,
+        456,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("efficientnet_b6")
 def efficientnet_b6(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b6", tvm.efficientnet_b6, tvm.EfficientNet_B6_Weights.IMAGENET1K_V1, weights, 528
+        "efficientnet_b6",
+        tvm.efficientnet_b6,
+        tvm.EfficientNet_B6_Weights.IMAGENET1K_V1,
+        weights,
+        528,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )
 
 
 @register_backbone("efficientnet_b7")
 def efficientnet_b7(weights: WeightSource) -> Backbone:
     return _torchvision_backbone(
-        "efficientnet_b7", tvm.efficientnet_b7, tvm.EfficientNet_B7_Weights.IMAGENET1K_V1, weights, 600
+        "efficientnet_b7",
+        tvm.efficientnet_b7,
+        tvm.EfficientNet_B7_Weights.IMAGENET1K_V1,
+        weights,
+        600,
+        stages=_EFFICIENTNET_STAGES,
+        pooled="avgpool",
     )

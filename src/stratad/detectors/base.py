@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from stratad._options import check_bounds, coerce_options
+from stratad.backbones.stages import NodeRule
 from stratad.errors import DetectorError
 from stratad.features.types import FeatureBatch
 
@@ -47,8 +48,8 @@ class Detector(ABC):
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     #: whether :meth:`score` returns maps (pixel metrics are only reported when it does)
     localizes: ClassVar[bool] = True
-    #: nodes used when the user gives none, per backbone name ("*" is the fallback)
-    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    #: nodes used when the user gives none, stated by stride on the backbone's published stages
+    default_nodes: ClassVar[NodeRule] = NodeRule()
     #: cheaper options a feature-selection sweep fits every candidate node with, unless the sweep is
     #: ``exact`` (options the user sets still win); a detector adds one only where a measurement
     #: showed the node ranking does not suffer

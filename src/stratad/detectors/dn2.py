@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from stratad._options import bounded
+from stratad.backbones.stages import NodeRule
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.knn import IndexKind, NearestNeighbours
 from stratad.errors import DetectorError
@@ -45,10 +45,7 @@ class DN2(Detector):
     localizes = False
     # The final global pooling: timm's "global_pool" module (alias of its last graph node), torchvision's
     # "avgpool".
-    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "efficientnet_lite0": ("global_pool",),
-        "*": ("avgpool",),
-    }
+    default_nodes = NodeRule(pooled=True)
 
     config: DN2Config
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from stratad._options import bounded
+from stratad.backbones.stages import NodeRule
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
 from stratad.errors import DetectorError
 from stratad.features.patch import global_pool
@@ -148,10 +148,8 @@ class GaussianAD(Detector):
     accepts_float16 = True
     config_class = GaussianConfig
     localizes = False
-    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "efficientnet_lite0": tuple(f"blocks.{i}" for i in range(7)),
-        "*": ("layer1", "layer2", "layer3", "layer4"),
-    }
+    # The paper fits one Gaussian per level and sums the distances: every stage end.
+    default_nodes = NodeRule(every_stage=True)
 
     config: GaussianConfig
 

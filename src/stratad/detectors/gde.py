@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from stratad._options import bounded
+from stratad.backbones.stages import NodeRule
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.gaussian import ledoit_wolf_chunks, whitener
 from stratad.errors import DetectorError
@@ -54,10 +54,7 @@ class GaussianDensity(Detector):
     accepts_float16 = True
     config_class = GdeConfig
     localizes = True
-    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "efficientnet_lite0": ("global_pool",),
-        "*": ("avgpool",),
-    }
+    default_nodes = NodeRule(pooled=True)
 
     config: GdeConfig
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from stratad._options import bounded
+from stratad.backbones.stages import NodeRule
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector
 from stratad.errors import DetectorError
 from stratad.features.patch import spatial
@@ -45,10 +45,8 @@ class Padim(Detector):
     accepts_float16 = True
     config_class = PadimConfig
     localizes = True
-    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.3"),
-        "*": ("layer1", "layer2", "layer3"),
-    }
+    # The paper's ResNet layer1-3: the first stage at strides 4, 8 and 16.
+    default_nodes = NodeRule(first_at=(4, 8, 16))
 
     config: PadimConfig
 

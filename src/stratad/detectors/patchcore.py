@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from stratad._options import bounded
+from stratad.backbones.stages import NodeRule
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.coreset import coreset_count, greedy_coreset
 from stratad.detectors.knn import IndexKind, NearestNeighbours
@@ -50,17 +51,9 @@ class PatchCore(Detector):
     config_class = PatchCoreConfig
     localizes = True
     # The paper's rule for ResNets (layer2 + layer3: the last stage at stride 8 and the last at
-    # stride 16), transferred to EfficientNet-Lite by stride.
-    default_nodes = MappingProxyType(
-        {
-            "efficientnet_lite0": ("blocks.2", "blocks.4"),
-            "efficientnet_lite1": ("blocks.2", "blocks.4"),
-            "efficientnet_lite2": ("blocks.2", "blocks.4"),
-            "densenet201": ("features.denseblock2", "features.denseblock3"),
-            **{f"efficientnet_b{i}": ("features.3", "features.5") for i in range(8)},
-            "*": ("layer2", "layer3"),
-        }
-    )
+    # stride 16), stated by stride so it transfers to any backbone (EfficientNet-Lite: blocks.2 +
+    # blocks.4; DenseNet: denseblock2 + denseblock3).
+    default_nodes = NodeRule(last_at=(8, 16))
 
     # A feature-selection sweep only ranks nodes: a 32-d projection while choosing each node's
     # coreset (the memory bank keeps full features) makes the greedy search ~15x cheaper, because

@@ -30,12 +30,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from stratad._options import bounded
+from stratad.backbones.stages import NodeRule
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.detectors.knn import IndexKind, NearestNeighbours
 from stratad.errors import DetectorError
@@ -91,10 +91,9 @@ class Spade(Detector):
     accepts_float16 = True
     config_class = SpadeConfig
     localizes = True
-    default_nodes: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "efficientnet_lite0": ("blocks.2", "blocks.3", "blocks.4", "global_pool"),
-        "*": ("layer1", "layer2", "layer3", "avgpool"),
-    }
+    # The paper's ResNet layer1-3 for pixels and the pooled feature for retrieval: the last three
+    # stage ends up to stride 16, and the pooled output.
+    default_nodes = NodeRule(last_up_to=(3, 16), pooled=True)
 
     config: SpadeConfig
 
