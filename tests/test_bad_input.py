@@ -364,6 +364,19 @@ CASES = [
         ),
         "non-finite",
     ),
+    # -- export --
+    Case(
+        "export",
+        "a detector without an inference module (SPADE)",
+        lambda e: ["export", "--model", e.p("spade.stratad"), "--out", e.p("never.onnx")],
+        "has no inference module",
+    ),
+    Case(
+        "export",
+        "`--out` that is a folder",
+        lambda e: ["export", "--model", str(e.model), "--out", str(e.root)],
+        "is a folder",
+    ),
     # -- outputs and resumed runs --
     Case("fit", "`--out` that is a folder", lambda e: [*_fit()(e), "--out", str(e.root)], "is a folder"),
     Case(
@@ -433,6 +446,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
         ),
         stratad(
             "fit", "--data", str(data), "--nodes", "blocks.1", "--out", str(root / "other.stratad"), *SMALL
+        ),
+        stratad(
+            "fit",
+            "--data",
+            str(data),
+            "--detector",
+            "spade",
+            "--nodes",
+            "blocks.2,global_pool",
+            "--out",
+            str(root / "spade.stratad"),
+            *SMALL,
         ),
         stratad(
             "predict",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -191,6 +192,37 @@ def predict(
     with progress_bar("scoring", total, progress) as advance:
         summary = predict_to_folder(model, images, out, device, advance)
     console.print(f"scored {summary.n_images} images -> {out}")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", help="model file written by `stratad fit`")],
+    out: Annotated[Path, typer.Option("--out", help="file to write, e.g. model.onnx (written atomically)")],
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="onnx")] = ExportFormat.onnx,
+    check: Annotated[
+        bool,
+        typer.Option("--check/--no-check", help="compare the exported file with the model before writing"),
+    ] = True,
+) -> None:
+    """Export a fitted model: images (N, 3, S, S) in [0, 1] in, scores and smoothed maps out."""
+    from stratad.export.io import check_output_file
+    from stratad.inference import PARITY_TOLERANCE, export_onnx
+    from stratad.pipeline import Pipeline
+
+    check_output_file(out, "model.onnx")
+    pipe = Pipeline.load(model, device="cpu")
+    parity = export_onnx(pipe, out, check=check)
+    checked = ", ".join(f"{k} {v:.1e}" for k, v in parity.items())
+    note = (
+        f" (largest relative difference to the model: {checked}; limit {PARITY_TOLERANCE:g})"
+        if parity
+        else ""
+    )
+    console.print(f"{export_format.value} -> {out}{note}")
 
 
 @app.command()

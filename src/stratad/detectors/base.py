@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from stratad._options import check_bounds, coerce_options
 from stratad.backbones.stages import NodeRule
@@ -78,6 +79,12 @@ class Detector(ABC):
 
     @abstractmethod
     def score(self, test: FeatureBatch) -> Scores: ...
+
+    def module(self, nodes: Sequence[str]) -> nn.Module:
+        """The fitted detector as an inference ``nn.Module`` with its state in buffers:
+        ``forward(features: dict[node, tensor]) -> (image scores (N,), raw maps (N, h, w) or None)``,
+        the nodes in the order they were fitted (:mod:`stratad.detectors.modules`)."""
+        raise DetectorError(f"the {self.name} detector has no inference module (it cannot be exported)")
 
     @abstractmethod
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -8,10 +8,11 @@ training images (k = 2 in both papers). Several nodes are pooled and concatenate
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from stratad._options import bounded
 from stratad.backbones.stages import NodeRule
@@ -79,6 +80,13 @@ class DN2(Detector):
             )
         dists, _ = index.search(queries, k=self.config.neighbours)
         return Scores(dists.mean(axis=1, dtype="float32"), None)
+
+    def module(self, nodes: Sequence[str]) -> nn.Module:
+        from stratad.detectors.modules import DN2Module
+
+        self._check_fitted("bank_")
+        assert self.bank_ is not None
+        return DN2Module(nodes, self.bank_, self.config.neighbours)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("bank_")

@@ -29,11 +29,12 @@ The shared pieces (:func:`ledoit_wolf`, :func:`whitener`) are also used by the p
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from stratad._options import bounded
 from stratad.backbones.stages import NodeRule
@@ -258,6 +259,13 @@ class GaussianAD(Detector):
 
     def score(self, test: FeatureBatch) -> Scores:
         return Scores(self.node_scores(test).sum(0).astype(np.float32), None)
+
+    def module(self, nodes: Sequence[str]) -> nn.Module:
+        from stratad.detectors.modules import GaussianModule
+
+        self._check_fitted("means_")
+        assert self.means_ is not None and self.transforms_ is not None
+        return GaussianModule(nodes, self.means_, self.transforms_)
 
     # -- working points --
     def dimension(self, node: int = 0) -> int:

@@ -13,12 +13,13 @@ State: means ``(h*w, d)`` and inverse covariances ``(h*w, d, d)`` in float32 —
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from stratad._options import bounded
 from stratad.backbones.stages import NodeRule
@@ -132,6 +133,14 @@ class Padim(Detector):
             dist[:, start:stop] = (weighted * delta).sum(-1).clamp_min_(0.0).sqrt_()
         maps = dist.reshape(n, *self.grid_).numpy()
         return Scores(maps.reshape(n, -1).max(axis=1).astype(np.float32), maps)
+
+    def module(self, nodes: Sequence[str]) -> nn.Module:
+        from stratad.detectors.modules import PadimModule
+
+        self._check_fitted("inv_covariance_")
+        assert self.channel_index_ is not None and self.mean_ is not None
+        assert self.inv_covariance_ is not None and self.node_channels_ is not None
+        return PadimModule(nodes, self.node_channels_, self.channel_index_, self.mean_, self.inv_covariance_)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("inv_covariance_")

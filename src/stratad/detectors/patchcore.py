@@ -7,12 +7,13 @@ memory bank, nearest-neighbour distance as the patch score, image score = max pa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
 import torch
+from torch import nn
 
 from stratad._options import bounded
 from stratad.backbones.stages import NodeRule
@@ -129,6 +130,16 @@ class PatchCore(Detector):
         d = torch.linalg.vector_norm(bank[torch.as_tensor(neigh)] - test_patch[:, None, :], dim=-1)
         weight = 1.0 - torch.softmax(d, dim=1)[:, 0]
         return (weight.numpy() * scores).astype(np.float32)
+
+    def module(self, nodes: Sequence[str]) -> nn.Module:
+        from stratad.detectors.modules import PatchCoreModule
+
+        self._check_fitted("memory_bank_")
+        assert self.memory_bank_ is not None
+        c = self.config
+        if c.reweight_neighbours:
+            raise DetectorError("PatchCore's image-score reweighting has no inference module yet; use 0")
+        return PatchCoreModule(self.memory_bank_, nodes, c.patch_size, c.node_dim, c.target_dim)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("memory_bank_")

@@ -1,0 +1,181 @@
+"""Inference modules: a fitted detector as a plain ``nn.Module`` with its learned state in buffers.
+
+``Detector.module()`` returns one of these; :class:`stratad.inference.InferenceModel` chains it after
+the node extractor and before the map head, and that chain is what ``stratad export`` writes to ONNX.
+Everything here is plain tensor algebra that traces: the nearest-neighbour search is a matrix
+product (``||q||^2 - 2 q.b + ||b||^2``, the form faiss's exact index computes too) because ``cdist``
+does not export to ONNX, and PatchCore's adaptive channel pooling is a fixed averaging matrix
+(adaptive pooling with uneven bins has no ONNX operator). Fitting stays outside (faiss, coreset,
+Ledoit-Wolf); the Python scoring path keeps faiss, and tests check both give the same scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NearestDistance(nn.Module):
+    """Euclidean distance of each query row to its ``k`` nearest rows of a bank, ``(q, k)``, ascending."""
+
+    bank: torch.Tensor
+    bank_sq: torch.Tensor
+
+    def __init__(self, bank: torch.Tensor, k: int = 1) -> None:
+        super().__init__()
+        self.k = min(int(k), int(bank.shape[0]))
+        self.register_buffer("bank", bank.detach().float().contiguous())
+        self.register_buffer("bank_sq", self.bank.square().sum(1))
+
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        d2 = queries.square().sum(1, keepdim=True) - 2.0 * (queries @ self.bank.T) + self.bank_sq
+        if self.k == 1:
+            nearest = d2.min(dim=1, keepdim=True).values
+        else:
+            nearest = torch.topk(d2, self.k, dim=1, largest=False).values
+        return nearest.clamp_min(0.0).sqrt()
+
+
+def channel_pool_matrix(channels: int, dim: int) -> torch.Tensor:
+    """``(channels, dim)`` matrix equal to ``adaptive_avg_pool1d`` from ``channels`` to ``dim`` bins."""
+    matrix = torch.zeros(channels, dim)
+    for i in range(dim):
+        start = (i * channels) // dim
+        stop = -((-(i + 1) * channels) // dim)  # ceil
+        matrix[start:stop, i] = 1.0 / (stop - start)
+    return matrix
+
+
+def _pool_channels(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N, C, h, w) pooled over channels to ``dim`` as a matrix product (identity when C <= dim)."""
+    channels = int(x.shape[1])
+    if dim <= 0 or channels <= dim:
+        return x
+    matrix = channel_pool_matrix(channels, dim).to(x.device)
+    return torch.einsum("nchw,cd->ndhw", x, matrix)
+
+
+class PatchCoreModule(nn.Module):
+    """Patch embedding of the nodes, nearest memory-bank distance per patch, max as image score."""
+
+    def __init__(
+        self, memory_bank: torch.Tensor, nodes: Sequence[str], patch_size: int, node_dim: int, target_dim: int
+    ) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        self.patch_size, self.node_dim, self.target_dim = patch_size, node_dim, target_dim
+        self.nearest = NearestDistance(memory_bank, k=1)
+
+    def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        first = features[self.nodes[0]]
+        grid = (int(first.shape[-2]), int(first.shape[-1]))
+        pad = self.patch_size // 2
+        parts = []
+        for node in self.nodes:
+            x = features[node].float()
+            if self.patch_size > 1:
+                x = F.avg_pool2d(x, self.patch_size, stride=1, padding=pad, count_include_pad=True)
+            if tuple(x.shape[-2:]) != grid:
+                x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+            parts.append(_pool_channels(x, self.node_dim))
+        joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return _pool_channels(joined, self.target_dim)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(features)
+        n, d, h, w = emb.shape
+        queries = emb.permute(0, 2, 3, 1).reshape(-1, d)
+        maps = self.nearest(queries)[:, 0].reshape(n, h, w)
+        return maps.flatten(1).amax(dim=1), maps
+
+
+class PadimModule(nn.Module):
+    """Selected channels of the nodes on the first node's grid, Mahalanobis distance per position."""
+
+    channel_index: torch.Tensor
+    mean: torch.Tensor
+    inv_covariance: torch.Tensor
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        node_channels: Sequence[int],
+        channel_index: torch.Tensor,
+        mean: torch.Tensor,
+        inv_covariance: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        # Per node: which of its own channels are kept (the global index split by node), in order.
+        offset = 0
+        for i, channels in enumerate(node_channels):
+            local = channel_index[(channel_index >= offset) & (channel_index < offset + channels)] - offset
+            self.register_buffer(f"local_index_{i}", local.long())
+            offset += channels
+        self.register_buffer("channel_index", channel_index.long())
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("inv_covariance", inv_covariance.float())
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        first = features[self.nodes[0]]
+        grid = (int(first.shape[-2]), int(first.shape[-1]))
+        parts = []
+        for i, node in enumerate(self.nodes):
+            local: torch.Tensor = getattr(self, f"local_index_{i}")
+            if local.numel() == 0:
+                continue
+            part = features[node].index_select(1, local).float()
+            if tuple(part.shape[-2:]) != grid:
+                part = F.interpolate(part, size=grid, mode="nearest")
+            parts.append(part)
+        emb = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        n = emb.shape[0]
+        delta = emb.flatten(2).transpose(1, 2) - self.mean  # (N, P, d)
+        weighted = torch.einsum("npd,pde->npe", delta, self.inv_covariance)
+        dist = (weighted * delta).sum(-1).clamp_min(0.0).sqrt()
+        maps = dist.reshape(n, grid[0], grid[1])
+        return maps.flatten(1).amax(dim=1), maps
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(2, 3)) if x.ndim == 4 else x.reshape(x.shape[0], -1)
+
+
+class GaussianModule(nn.Module):
+    """Per node: pooled feature, whitened distance to the node's Gaussian; summed over the nodes."""
+
+    def __init__(
+        self, nodes: Sequence[str], means: Sequence[torch.Tensor], transforms: Sequence[torch.Tensor]
+    ) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        for i, (mean, transform) in enumerate(zip(means, transforms, strict=True)):
+            self.register_buffer(f"mean_{i}", mean.double())
+            self.register_buffer(f"transform_{i}", transform.double())
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
+        total = torch.zeros(features[self.nodes[0]].shape[0], dtype=torch.float64)
+        for i, node in enumerate(self.nodes):
+            mean: torch.Tensor = getattr(self, f"mean_{i}")
+            transform: torch.Tensor = getattr(self, f"transform_{i}")
+            d = _pooled(features[node].float()).double() - mean
+            z = d * transform if transform.ndim == 1 else d @ transform
+            total = total + z.square().sum(1).sqrt()
+        return total.float(), None
+
+
+class DN2Module(nn.Module):
+    """Pooled features of the nodes, mean distance to the ``k`` nearest training images."""
+
+    def __init__(self, nodes: Sequence[str], bank: torch.Tensor, neighbours: int) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        self.nearest = NearestDistance(bank, k=neighbours)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
+        parts = [_pooled(features[node].float()) for node in self.nodes]
+        queries = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return self.nearest(queries).mean(dim=1), None
