@@ -92,3 +92,27 @@ def test_export_command(tiny_mvtec: Path, tmp_path: Path) -> None:
     assert "is a folder" in error_line(
         stratad("export", "--model", str(tmp_path / "m.stratad"), "--out", str(tmp_path))
     )
+
+
+def test_predict_runs_the_exported_file(tiny_mvtec: Path, tmp_path: Path) -> None:
+    pipe, _ = _fitted(tiny_mvtec, "patchcore")
+    pipe.save(tmp_path / "m.stratad")
+    export_onnx(pipe, tmp_path / "m.onnx")
+    spot = str(tiny_mvtec / "test" / "spot")
+    for name in ("m.stratad", "m.onnx"):
+        done = stratad(
+            "predict", "--model", str(tmp_path / name), spot, "--out", str(tmp_path / f"out_{name}")
+        )
+        assert done.returncode == 0, done.stderr
+    from tests.test_reliability import _rows
+
+    torch_rows, onnx_rows = (_rows(tmp_path / f"out_{n}" / "scores.csv") for n in ("m.stratad", "m.onnx"))
+    np.testing.assert_allclose(
+        [float(r["score"]) for r in onnx_rows], [float(r["score"]) for r in torch_rows], rtol=1e-4
+    )
+    a, b = (np.load(tmp_path / f"out_{n}" / "000.png.npy") for n in ("m.stratad", "m.onnx"))
+    assert max_relative_difference(a, b) < 1e-4
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert "is not an ONNX model" in error_line(
+        stratad("predict", "--model", str(tmp_path / "bad.onnx"), spot, "--out", str(tmp_path / "o"))
+    )

@@ -188,3 +188,69 @@ def max_relative_difference(reference: np.ndarray, other: np.ndarray) -> float:
     """max |a - b| / max |a|: the parity measure of exported models (scale-free, no zero division)."""
     scale = float(np.abs(reference).max()) or 1.0
     return float(np.abs(reference - other).max()) / scale
+
+
+class OnnxModel:
+    """An exported ``.onnx`` model run with onnxruntime, with the pipeline's prediction interface
+    (``predict`` on image files, ``config.image_size`` / ``bit_depth`` / ``batch_size``), so that
+    ``stratad predict`` checks exactly the file that is deployed."""
+
+    def __init__(self, path: str | Path) -> None:
+        import json
+        from types import SimpleNamespace
+
+        import onnx
+
+        from stratad.errors import ModelFileError
+
+        source = Path(path)
+        if not source.is_file():
+            raise ModelFileError(f"model file not found: {source}")
+        try:
+            graph = onnx.load(str(source), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a damaged file
+            raise ModelFileError(f"{source} is not an ONNX model ({type(exc).__name__})") from None
+        meta = {p.key: p.value for p in graph.metadata_props}
+        try:
+            settings = json.loads(meta["stratad"])
+            self.config = SimpleNamespace(
+                image_size=int(settings["image_size"]),
+                bit_depth=settings.get("bit_depth"),
+                batch_size=16,
+                detector=settings.get("detector"),
+            )
+        except (KeyError, ValueError, TypeError):
+            raise ModelFileError(
+                f"{source} was not exported by `stratad export` (no stratad settings)"
+            ) from None
+        self.path = source
+        self.session = onnx_session(source)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "detector": self.config.detector,
+            "image_size": self.config.image_size,
+            "onnx": str(self.path),
+        }
+
+    def predict(self, images: Any, progress: Any = None) -> Any:
+        """Scores and maps of image files, one image per call (a score independent of its batch-mates)."""
+        from stratad.data.io import load_image
+        from stratad.pipeline import Prediction, _path_of
+
+        scores, maps, sizes = [], [], []
+        for item in images:
+            tensor, hw = load_image(_path_of(item), self.config.image_size, self.config.bit_depth)
+            score, anomaly_map = onnx_predict(self.session, tensor[None])
+            scores.append(score.astype(np.float32).reshape(1))
+            if anomaly_map is not None:
+                maps.append(anomaly_map.astype(np.float32))
+            sizes.append(hw)
+            if progress is not None:
+                progress(1)
+        return Prediction(
+            [_path_of(i) for i in images],
+            np.concatenate(scores),
+            np.concatenate(maps) if maps else None,
+            sizes,
+        )

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,19 @@ def _previous_header(path: Path) -> list[str]:
         return [line.rstrip("\n") for line in handle if line.startswith("#")]
 
 
+def load_model(path: Path, device: str | None = None) -> Any:
+    """A ``.stratad`` pipeline, or an exported ``.onnx`` model run with onnxruntime."""
+    if path.suffix.lower() == ".onnx":
+        from stratad.inference import OnnxModel
+
+        if device not in (None, "cpu"):
+            raise StratadError("an .onnx model runs on the CPU here (onnxruntime); drop --device")
+        return OnnxModel(path)
+    from stratad.pipeline import Pipeline
+
+    return Pipeline.load(path, device=device)
+
+
 @dataclass
 class PredictSummary:
     n_images: int
@@ -90,12 +104,11 @@ def predict_to_folder(
     """
     from stratad.data import images_in
     from stratad.export.io import check_output_folder
-    from stratad.pipeline import Pipeline
 
     model, source, out = Path(model), Path(source).expanduser(), Path(out)
     paths = images_in(source)
     check_output_folder(out)
-    pipe = Pipeline.load(model, device=device)
+    pipe = load_model(model, device)
     model_sha = file_sha256(model)
     header = _header(model, model_sha, source)
     scores_path = out / SCORES_FILE
