@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,6 @@ from scipy.stats import chi2
 from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
 
 from stratad.detectors import build_detector, list_detectors
-from stratad.detectors.base import Detector
 from stratad.detectors.gaussian import GaussianAD, ledoit_wolf
 from stratad.errors import DetectorError
 from stratad.features import FeatureBatch
@@ -72,24 +69,6 @@ def test_spatial_nodes_are_pooled_and_summed_over_nodes() -> None:
     np.testing.assert_allclose(
         single.score(FeatureBatch({"a": a}, (32, 32))).image_scores, per_node[0], rtol=1e-6
     )
-
-
-@pytest.mark.parametrize("variant", ["mvg", "l2", "sed", "pca", "npca"])
-def test_save_load_identical_scores(tmp_path: Path, variant: str) -> None:
-    g = torch.Generator().manual_seed(4)
-    train = FeatureBatch(
-        {"a": torch.randn(12, 6, 3, 3, generator=g), "b": torch.randn(12, 9, generator=g)}, (32, 32)
-    )
-    test = FeatureBatch(
-        {"a": torch.randn(5, 6, 3, 3, generator=g), "b": torch.randn(5, 9, generator=g)}, (32, 32)
-    )
-    det = build_detector("gaussian", variant=variant).fit(train)
-    det.save(tmp_path / "g.stratad")
-    again = Detector.load(tmp_path / "g.stratad")
-    assert again.localizes is False
-    a, b = det.score(test), again.score(test)
-    assert a.maps is None and b.maps is None
-    np.testing.assert_array_equal(a.image_scores, b.image_scores)
 
 
 def test_ledoit_wolf_matches_sklearn_with_more_dimensions_than_samples() -> None:
