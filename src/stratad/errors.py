@@ -37,3 +37,11 @@ class DetectorError(StratadError):
 
 class ModelFileError(StratadError):
     """A saved pipeline file is missing, corrupt or of an unknown version."""
+
+
+class ShapeError(StratadError, ValueError):
+    """An array or tensor of the wrong shape, dtype or size handed to the library (also a ValueError)."""
+
+
+class RegistryError(StratadError, ValueError):
+    """A backbone, detector or defect kind registered twice or without a name (also a ValueError)."""

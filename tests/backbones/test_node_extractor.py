@@ -66,17 +66,6 @@ def test_graph_stops_at_the_deepest_requested_node(resnet18: Backbone) -> None:
     assert len(early.graph_module.graph.nodes) < len(late.graph_module.graph.nodes) / 2
 
 
-def test_extract_batches_tensors_and_iterables(resnet18: Backbone) -> None:
-    extractor = NodeExtractor(resnet18, ["layer1", "layer2"])
-    images = torch.rand(5, 3, 32, 32)
-    whole = extractor(images)
-    from_tensor = extractor.extract(images, batch_size=2)
-    from_samples = extractor.extract([(image, 0) for image in images], batch_size=3)
-    for node in extractor.nodes:
-        torch.testing.assert_close(from_tensor[node], whole[node], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(from_samples[node], whole[node], rtol=1e-5, atol=1e-5)
-
-
 def test_bad_images_are_rejected(resnet18: Backbone) -> None:
     extractor = NodeExtractor(resnet18, "layer1")
     with pytest.raises(ValueError, match="B, 3, H, W"):
@@ -93,12 +82,6 @@ def test_extractor_exports_with_torch_export(resnet18: Backbone) -> None:
     expected = extractor(images)
     for node, features in exported(images).items():
         torch.testing.assert_close(features, expected[node])
-
-
-def test_extract_with_progress(resnet18: Backbone) -> None:
-    extractor = NodeExtractor(resnet18, "layer1")
-    features = extractor.extract(torch.rand(3, 3, 32, 32), batch_size=2, progress=True)
-    assert features["layer1.1.relu_1"].shape == (3, 64, 8, 8)
 
 
 def test_reduce_runs_inside_the_graph_before_in_place_overwrites(resnet18: Backbone) -> None:

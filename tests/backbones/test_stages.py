@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,7 @@ class TinyNet(nn.Module):
 
 
 @pytest.fixture
-def tiny_backbone(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))  # registration ends with the test
-
+def tiny_backbone() -> Iterator[str]:
     @register_backbone("tiny_stages")
     def tiny(weights: WeightSource) -> Backbone:
         return Backbone(
@@ -50,7 +49,8 @@ def tiny_backbone(monkeypatch: pytest.MonkeyPatch) -> str:
             pooled="pool",
         )
 
-    return "tiny_stages"
+    yield "tiny_stages"
+    registry.BACKBONES.unregister("tiny_stages")  # the registration ends with the test
 
 
 @pytest.mark.parametrize("detector", ["patchcore", "padim", "gaussian", "dn2", "spade", "gde"])
@@ -84,3 +84,18 @@ def test_rules_refuse_what_a_backbone_does_not_have() -> None:
         NodeRule(pooled=True).resolve(stages, None)
     with pytest.raises(NodeError, match="publishes no stages"):
         NodeRule(every_stage=True).resolve([], None)
+
+
+def test_registries_refuse_duplicates_suggest_and_filter() -> None:
+    from stratad.backbones import list_backbones
+    from stratad.detectors import list_detectors
+    from stratad.errors import BackboneError, RegistryError
+    from stratad.synth import list_defect_kinds
+
+    with pytest.raises(RegistryError, match="registered twice"):
+        register_backbone("resnet18")(lambda weights: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(BackboneError, match="did you mean resnet18"):
+        registry.build_backbone("resnet81")
+    assert list_backbones("efficientnet_lite*") == [f"efficientnet_lite{i}" for i in range(3)]
+    assert list_detectors("pa*") == ["padim", "patchcore"]
+    assert list_defect_kinds("*paste") == ["cutpaste"]

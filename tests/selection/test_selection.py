@@ -196,3 +196,16 @@ def test_sweep_reports_extraction_and_node_progress(tmp_path: Path) -> None:
     extraction = [label for label, _, _ in seen if label.startswith("features of")]
     assert extraction[0] == "features of 4/20 images" and extraction[-1] == "features of 20/20 images"
     assert seen[-1][1:] == (3, 3) and {label for label, _, _ in seen} >= {"informative", "blind", "add"}
+
+
+def test_a_non_default_aupro_limit_keeps_its_column(tmp_path: Path) -> None:
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    select_features(train, _twin_sweep(fpr_limit=0.1), tmp_path / "sel", defects="simple")
+    with open(tmp_path / "sel" / "nodes.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert "aupro_10" in rows[0] and "aupro_30" not in rows[0]
+    assert all(0.0 < float(r["aupro_10"]) <= 1.0 for r in rows)
+    # P_h is the harmonic mean of image AUROC and the AU-PRO at the limit actually used.
+    for r in rows:
+        a, b = float(r["image_auroc"]), float(r["aupro_10"])
+        assert abs(float(r["p_h"]) - 2 * a * b / (a + b)) < 1e-5

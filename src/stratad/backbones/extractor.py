@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from stratad.backbones.nodes import build_graph_module, resolve_nodes
 from stratad.backbones.registry import Backbone
-
-ImageSource = torch.Tensor | Iterable[Any]
+from stratad.errors import ShapeError
 
 
 class NodeExtractor(nn.Module):
@@ -75,9 +73,9 @@ class NodeExtractor(nn.Module):
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> network input on :attr:`device` (channels-last if configured)."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+            raise ShapeError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
-            raise ValueError(
+            raise ShapeError(
                 f"expected float images in [0, 1], got dtype {images.dtype}; divide uint8 by 255"
             )
         x = (images.to(self.device, torch.float32) - self.mean) / self.std
@@ -107,59 +105,3 @@ class NodeExtractor(nn.Module):
             node: raw[node].to(target, torch.float32, memory_format=torch.contiguous_format, copy=True)
             for node in self.nodes
         }
-
-    def extract(
-        self, images: ImageSource, batch_size: int = 16, progress: bool = False
-    ) -> dict[str, torch.Tensor]:
-        """Features of many images, ``batch_size`` at a time, concatenated per node.
-
-        ``images`` is a ``(N, 3, H, W)`` tensor or an iterable of ``(3, H, W)`` images /
-        ``(B, 3, H, W)`` batches, or of samples whose image is their ``image`` attribute or first item.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        batches: Iterable[torch.Tensor] = _batches(images, batch_size)
-        if progress:
-            from rich.progress import track
-
-            total = -(-images.shape[0] // batch_size) if isinstance(images, torch.Tensor) else None
-            batches = track(batches, description=f"features of {self.backbone_name}", total=total)
-        collected: dict[str, list[torch.Tensor]] = {node: [] for node in self.nodes}
-        for batch in batches:
-            for node, features in self(batch).items():
-                collected[node].append(features)
-        if not collected[self.nodes[0]]:
-            raise ValueError("no images to extract features from")
-        return {node: torch.cat(parts) for node, parts in collected.items()}
-
-
-def _batches(images: ImageSource, batch_size: int) -> Iterator[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        if images.ndim == 3:
-            images = images.unsqueeze(0)
-        yield from images.split(batch_size)
-        return
-    pending: list[torch.Tensor] = []
-    count = 0
-    for item in images:
-        image = _image_of(item)
-        parts = [image] if image.ndim == 3 else list(image)
-        for part in parts:
-            pending.append(part)
-            count += 1
-            if count == batch_size:
-                yield torch.stack(pending)
-                pending, count = [], 0
-    if pending:
-        yield torch.stack(pending)
-
-
-def _image_of(item: Any) -> torch.Tensor:
-    image = getattr(item, "image", None)
-    if image is None and isinstance(item, (tuple, list)) and item:
-        image = item[0]
-    if image is None:
-        image = item
-    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-        raise ValueError(f"expected a (3, H, W) image or (B, 3, H, W) batch, got {type(image).__name__}")
-    return image

@@ -43,10 +43,6 @@ class NodeInfo:
     stride: float
     operation: str
 
-    @property
-    def is_spatial(self) -> bool:
-        return self.height > 0
-
 
 # The listing depends only on the architecture and the input size, but costs one trace of the model
 # (over a second for DenseNet-201) plus a forward pass, and every command that names nodes needs it.

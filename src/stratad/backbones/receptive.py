@@ -33,6 +33,7 @@ import torch
 
 from stratad.backbones.nodes import DEFAULT_IMAGE_SIZE, build_graph_module, resolve_nodes
 from stratad.backbones.registry import Backbone
+from stratad.errors import ShapeError
 
 
 def effective_receptive_field(
@@ -49,7 +50,7 @@ def effective_receptive_field(
     the very tensor of another node (identities) cost nothing.
     """
     if image_size < 1 or n_samples < 1:
-        raise ValueError(f"image_size and n_samples must be >= 1, got {image_size} and {n_samples}")
+        raise ShapeError(f"image_size and n_samples must be >= 1, got {image_size} and {n_samples}")
     names = resolve_nodes(backbone, nodes)
     module = build_graph_module(backbone, names)
     parameter = next(iter(backbone.model.parameters()), None)
@@ -100,7 +101,7 @@ def receptive_field_size(erf_map: torch.Tensor, mass_fraction: float = 0.95) -> 
     Returns NaN for a map without mass (e.g. every central activation dead after a ReLU).
     """
     if not 0.0 < mass_fraction <= 1.0:
-        raise ValueError(f"mass_fraction must be in (0, 1], got {mass_fraction}")
+        raise ShapeError(f"mass_fraction must be in (0, 1], got {mass_fraction}")
     weights = erf_map.detach().double().abs()
     total = weights.sum()
     if weights.ndim != 2 or not total > 0:

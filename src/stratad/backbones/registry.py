@@ -6,7 +6,6 @@ building always go through this module, never through an ``if name == ...`` chai
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from stratad.errors import BackboneError, WeightsNotFoundError
+from stratad.registry import Registry
 
 RGB = tuple[float, float, float]
 
@@ -90,28 +90,26 @@ class Backbone:
 
 BackboneBuilder = Callable[[WeightSource], Backbone]
 
-_BUILDERS: dict[str, BackboneBuilder] = {}
+
+def _load_builtin_backbones() -> None:
+    import stratad.backbones  # noqa: F401  (importing the package registers the built-in backbones)
+
+
+BACKBONES: Registry[BackboneBuilder] = Registry("backbone", BackboneError, _load_builtin_backbones)
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
     """Register ``builder(weights: WeightSource) -> Backbone`` under ``name``."""
 
     def decorator(builder: BackboneBuilder) -> BackboneBuilder:
-        if name in _BUILDERS:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        _BUILDERS[name] = builder
-        return builder
+        return BACKBONES.register(name, builder)
 
     return decorator
 
 
-def _ensure_builtin_backbones() -> None:
-    import stratad.backbones  # noqa: F401  (importing the package registers the built-in backbones)
-
-
-def list_backbones() -> list[str]:
-    _ensure_builtin_backbones()
-    return sorted(_BUILDERS)
+def list_backbones(pattern: str | None = None) -> list[str]:
+    """Registered backbone names, optionally matching a glob such as ``"efficientnet_*"``."""
+    return BACKBONES.names(pattern)
 
 
 def build_backbone(name: str, weights: str | os.PathLike[str] = "imagenet", seed: int = 0) -> Backbone:
@@ -121,14 +119,7 @@ def build_backbone(name: str, weights: str | os.PathLike[str] = "imagenet", seed
     ``.safetensors`` state dict. The architecture is always built under ``torch.manual_seed(seed)``
     inside a forked RNG, so random weights are reproducible and the caller's RNG state is untouched.
     """
-    _ensure_builtin_backbones()
-    builder = _BUILDERS.get(name)
-    if builder is None:
-        close = difflib.get_close_matches(name, _BUILDERS, n=3, cutoff=0.5)
-        hint = (
-            f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(sorted(_BUILDERS))}."
-        )
-        raise BackboneError(f"unknown backbone {name!r}; {hint}")
+    builder = BACKBONES.get(name)
     source = WeightSource.parse(weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

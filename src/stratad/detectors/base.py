@@ -24,6 +24,7 @@ from stratad._options import check_bounds, coerce_options
 from stratad.backbones.stages import NodeRule
 from stratad.errors import DetectorError
 from stratad.features.types import FeatureBatch
+from stratad.registry import Registry
 
 
 @dataclass
@@ -118,32 +119,27 @@ class Detector(ABC):
 
 
 D = TypeVar("D", bound=type[Detector])
-_REGISTRY: dict[str, type[Detector]] = {}
+
+
+def _load_builtin_detectors() -> None:
+    import stratad.detectors  # noqa: F401  (registers the built-in detectors on import)
+
+
+DETECTORS: Registry[type[Detector]] = Registry("detector", DetectorError, _load_builtin_detectors)
 
 
 def register_detector(cls: D) -> D:
     """Class decorator: make a detector available by its ``name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
+    DETECTORS.register(cls.name, cls)
     return cls
 
 
-def _ensure_builtin_detectors() -> None:
-    import stratad.detectors  # noqa: F401  (registers the built-in detectors on import)
-
-
-def list_detectors() -> list[str]:
-    _ensure_builtin_detectors()
-    return sorted(_REGISTRY)
+def list_detectors(pattern: str | None = None) -> list[str]:
+    return DETECTORS.names(pattern)
 
 
 def detector_class(name: str) -> type[Detector]:
-    _ensure_builtin_detectors()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise DetectorError(f"unknown detector {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+    return DETECTORS.get(name)
 
 
 def build_detector(name: str, **params: Any) -> Detector:
@@ -187,5 +183,5 @@ def config_to_dict(config: DetectorConfig) -> dict[str, Any]:
 
 
 def coerce_params(config_class: type[DetectorConfig], params: Mapping[str, Any]) -> dict[str, Any]:
-    name = next((n for n, c in _REGISTRY.items() if c.config_class is config_class), "this")
+    name = next((n for n in DETECTORS.names() if DETECTORS.get(n).config_class is config_class), "this")
     return coerce_options(config_class, params, DetectorError, f"the {name} detector")

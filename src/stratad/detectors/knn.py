@@ -64,10 +64,3 @@ class NearestNeighbours:
 def _as_float32(x: torch.Tensor | np.ndarray) -> np.ndarray:
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def knn_distances(
-    bank: torch.Tensor | np.ndarray, queries: torch.Tensor | np.ndarray, k: int = 1
-) -> np.ndarray:
-    """Convenience: distances from each query to its k nearest bank rows, (q, k)."""
-    return NearestNeighbours().fit(bank).search(queries, k)[0]

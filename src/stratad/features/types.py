@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stratad.errors import ShapeError
+
 
 @dataclass
 class FeatureBatch:
@@ -24,7 +26,7 @@ class FeatureBatch:
     def __post_init__(self) -> None:
         sizes = {t.shape[0] for t in self.features.values()}
         if len(sizes) > 1:
-            raise ValueError(f"nodes disagree on the number of images: {sorted(sizes)}")
+            raise ShapeError(f"nodes disagree on the number of images: {sorted(sizes)}")
 
     def __len__(self) -> int:
         first = next(iter(self.features.values()), None)
@@ -48,7 +50,7 @@ class FeatureBatch:
     @staticmethod
     def concat(batches: list[FeatureBatch]) -> FeatureBatch:
         if not batches:
-            raise ValueError("no feature batches to concatenate")
+            raise ShapeError("no feature batches to concatenate")
         nodes = batches[0].nodes
         feats = {n: torch.cat([b.features[n] for b in batches]) for n in nodes}
         labels = None

@@ -40,6 +40,15 @@ from stratad.features.types import FeatureBatch
 from stratad.metrics import PixelTruth
 from stratad.pipeline import postprocess_maps, resize_map
 
+
+def result_columns(fpr_limit: float = 0.3) -> tuple[str, ...]:
+    """The columns of ``nodes.csv``; the AU-PRO column is named by its FPR limit (``aupro_30`` for 0.3,
+    ``aupro_10`` for 0.1), so a sweep at another limit keeps its AU-PRO instead of dropping it."""
+    from stratad.metrics import aupro_key
+
+    return tuple(aupro_key(fpr_limit) if c == "aupro_30" else c for c in RESULT_COLUMNS)
+
+
 RESULT_COLUMNS = (
     "node",
     "channels",
@@ -115,6 +124,13 @@ def load_uint8_images(
         if progress is not None:
             progress(1)
     return to_tensor(out)
+
+
+def read_header(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle), None)
 
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
@@ -301,7 +317,13 @@ def run_sweep(
     new_file = not results_path.exists()
     finished = len(candidates) - len(todo)
     with open(results_path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        columns = result_columns(cfg.fpr_limit)
+        missing = set(columns) - set(read_header(results_path) or columns)
+        if missing:
+            raise StratadError(
+                f"{results_path} lacks the columns {', '.join(sorted(missing))}; use another --out folder"
+            )
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="raise")
         if new_file:
             writer.writeheader()
             handle.flush()
@@ -332,7 +354,7 @@ def run_sweep(
                         stride=info.stride,
                         relative_rf=None if relative_rf is None else relative_rf.get(row["node"]),
                     )
-                    writer.writerow({k: _fmt(row.get(k)) for k in RESULT_COLUMNS})
+                    writer.writerow({k: _fmt(row.get(k)) for k in columns})
                     handle.flush()
                     finished += 1
                     if progress is not None:

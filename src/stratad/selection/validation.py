@@ -29,9 +29,6 @@ class ValidationSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def float_images(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        return self.images[start:stop].float() / 255.0
-
 
 def resized_rgb(record: ImageRecord | Any, size: int, bit_depth: int | None = None) -> np.ndarray:
     path = record.path if isinstance(record, ImageRecord) else record

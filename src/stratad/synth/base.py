@@ -20,6 +20,7 @@ import numpy as np
 
 from stratad._options import coerce_options
 from stratad.errors import DataError
+from stratad.registry import Registry
 
 
 class DefectKind(str, enum.Enum):
@@ -126,7 +127,13 @@ def check_range(name: str, value: tuple[float, float], low: float, high: float |
 
 # -- registry --
 G = TypeVar("G", bound=type[DefectGenerator])
-_REGISTRY: dict[str, type[DefectGenerator]] = {}
+
+
+def _load_builtin_defects() -> None:
+    import stratad.synth  # noqa: F401  (registers the built-in generators on import)
+
+
+DEFECTS: Registry[type[DefectGenerator]] = Registry("defect kind", DataError, _load_builtin_defects)
 
 
 def register_defect(cls: G) -> G:
@@ -134,23 +141,17 @@ def register_defect(cls: G) -> G:
     kind = getattr(cls, "kind", None)
     if not isinstance(kind, DefectKind):
         raise TypeError(f"{cls.__name__}.kind must be a DefectKind")
-    _REGISTRY[kind.value] = cls
+    DEFECTS.register(kind.value, cls)
     return cls
 
 
-def list_defect_kinds() -> list[str]:
+def list_defect_kinds(pattern: str | None = None) -> list[str]:
     """Names accepted by :func:`build_defect`."""
-    return sorted(_REGISTRY)
+    return DEFECTS.names(pattern)
 
 
 def defect_class(kind: str | DefectKind) -> type[DefectGenerator]:
-    name = kind.value if isinstance(kind, DefectKind) else str(kind).strip().lower()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise DataError(
-            f"unknown defect kind {kind!r}; available: {', '.join(list_defect_kinds())}"
-        ) from None
+    return DEFECTS.get(kind.value if isinstance(kind, DefectKind) else str(kind).strip().lower())
 
 
 def build_defect(
