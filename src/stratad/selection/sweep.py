@@ -211,17 +211,25 @@ def memory_budget_bytes(cfg: SweepConfig) -> int:
     return mb * 2**20
 
 
-# Chunk data shared with forked workers (copy-on-write); set only inside run_sweep.
-_SHARED: dict[str, Any] = {}
+@dataclass
+class ChunkContext:
+    """What scoring a node of a chunk needs: the settings, the evaluation set, its labelled defect
+    regions and the chunk's cached features (``train[node]``, ``test[node]``)."""
+
+    config: SweepConfig
+    evaluation: EvalSet
+    truth: PixelTruth | None
+    train: dict[str, torch.Tensor]
+    test: dict[str, torch.Tensor]
 
 
-def _score_node(node: str) -> dict[str, Any]:
+def _score_node(context: ChunkContext, node: str) -> dict[str, Any]:
     from stratad.metrics import evaluate
 
-    cfg: SweepConfig = _SHARED["config"]
-    ev: EvalSet = _SHARED["eval"]
-    train = _SHARED["train"][node]
-    test = _SHARED["test"][node]
+    cfg = context.config
+    ev = context.evaluation
+    train = context.train[node]
+    test = context.test[node]
     size = (cfg.image_size, cfg.image_size)
     det = build_seeded_detector(cfg.detector, sweep_detector_params(cfg), cfg.seed)
     if not det.accepts_float16:
@@ -232,7 +240,8 @@ def _score_node(node: str) -> dict[str, Any]:
     scores = det.score(FeatureBatch({node: test}, size))
     t2 = time.perf_counter()
     if scores.maps is not None:
-        truth: PixelTruth = _SHARED["truth"]
+        truth = context.truth
+        assert truth is not None
         step = effective_pixel_stride(cfg)
         maps = postprocess_maps(scores.maps, cfg.image_size, cfg.smoothing_sigma)
         if ev.pixel_images is not None:
@@ -249,11 +258,17 @@ def _score_node(node: str) -> dict[str, Any]:
     return {"node": node, **metrics, "fit_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3)}
 
 
-def _worker_init() -> None:
+# The chunk a forked worker scores, handed over by the pool initializer (the fork shares its memory
+# copy-on-write; nothing is pickled). Set only inside worker processes.
+_WORKER_CONTEXT: list[ChunkContext] = []
+
+
+def _worker_init(context: ChunkContext) -> None:
     # One thread per worker process: the workers themselves are the parallelism. That includes
     # NumPy's BLAS (the coreset loop), whose threads would otherwise spin against the other worker.
     from threadpoolctl import threadpool_limits
 
+    _WORKER_CONTEXT[:] = [context]
     torch.set_num_threads(1)
     threadpool_limits(1)
     try:
@@ -327,41 +342,34 @@ def run_sweep(
         if new_file:
             writer.writeheader()
             handle.flush()
-        try:
-            for index, chunk in enumerate(chunks, 1):
-                part = f" (chunk {index}/{len(chunks)})" if len(chunks) > 1 else ""
-                done_before = finished
+        for index, chunk in enumerate(chunks, 1):
+            part = f" (chunk {index}/{len(chunks)})" if len(chunks) > 1 else ""
+            done_before = finished
 
-                def extracting(images_done: int, part: str = part, done_before: int = done_before) -> None:
-                    if progress is not None:
-                        label = f"features of {images_done}/{n_images} images{part}"
-                        progress(label, done_before, len(candidates))
+            def extracting(images_done: int, part: str = part, done_before: int = done_before) -> None:
+                if progress is not None:
+                    label = f"features of {images_done}/{n_images} images{part}"
+                    progress(label, done_before, len(candidates))
 
-                _SHARED.update(
-                    config=cfg,
-                    eval=evaluation,
-                    truth=truth,
-                    **_extract_chunk(backbone, chunk, cfg, train_images, evaluation, extracting),
+            feats = _extract_chunk(backbone, chunk, cfg, train_images, evaluation, extracting)
+            context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
+            aliases = _identical_nodes(chunk, context.train, context.test)
+            unique = [n for n in chunk if n not in aliases]
+            for row in _with_aliases(_map_nodes(context, unique, cfg.workers), aliases):
+                info = infos[row["node"]]
+                row.update(
+                    channels=info.channels,
+                    height=info.height,
+                    width=info.width,
+                    stride=info.stride,
+                    relative_rf=None if relative_rf is None else relative_rf.get(row["node"]),
                 )
-                aliases = _identical_nodes(chunk, _SHARED["train"], _SHARED["test"])
-                unique = [n for n in chunk if n not in aliases]
-                for row in _with_aliases(_map_nodes(unique, cfg.workers), aliases):
-                    info = infos[row["node"]]
-                    row.update(
-                        channels=info.channels,
-                        height=info.height,
-                        width=info.width,
-                        stride=info.stride,
-                        relative_rf=None if relative_rf is None else relative_rf.get(row["node"]),
-                    )
-                    writer.writerow({k: _fmt(row.get(k)) for k in columns})
-                    handle.flush()
-                    finished += 1
-                    if progress is not None:
-                        progress(row["node"], finished, len(candidates))
-                _SHARED.clear()
-        finally:
-            _SHARED.clear()
+                writer.writerow({k: _fmt(row.get(k)) for k in columns})
+                handle.flush()
+                finished += 1
+                if progress is not None:
+                    progress(row["node"], finished, len(candidates))
+            del context, feats  # the chunk's features go before the next chunk is extracted
     rows = read_results(results_path)
     if skipped:
         (out_dir / "skipped_nodes.txt").write_text("\n".join(skipped) + "\n")
@@ -446,16 +454,20 @@ def resolve_workers(workers: int) -> int:
     return workers or max(1, min(4, os.cpu_count() or 1))
 
 
-def _map_nodes(chunk: list[str], workers: int) -> Any:
+def _score_in_worker(node: str) -> dict[str, Any]:
+    return _score_node(_WORKER_CONTEXT[0], node)
+
+
+def _map_nodes(context: ChunkContext, chunk: list[str], workers: int) -> Any:
     workers = resolve_workers(workers)
     if workers <= 1 or len(chunk) == 1 or "fork" not in mp.get_all_start_methods():
-        return map(_score_node, chunk)
+        return (_score_node(context, node) for node in chunk)
     ctx = mp.get_context("fork")
-    pool = ctx.Pool(min(workers, len(chunk)), initializer=_worker_init)
+    pool = ctx.Pool(min(workers, len(chunk)), initializer=_worker_init, initargs=(context,))
 
     def results() -> Any:
         try:
-            yield from pool.imap(_score_node, chunk)
+            yield from pool.imap(_score_in_worker, chunk)
         finally:
             pool.terminate()
             pool.join()
