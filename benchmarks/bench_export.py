@@ -37,6 +37,7 @@ DETECTORS = {
     "padim": {},
     "gaussian": {},
     "dn2": {},
+    "spade": {},
 }
 
 
@@ -105,6 +106,10 @@ def main() -> None:
     split = load_dataset(MTD, "mtd")
     names = [n for n in DETECTORS if not args.only or n in args.only.split(",")]
     rows = [bench(n, DETECTORS[n], split, args.n_train, args.n_test) for n in names]
+    if args.out.is_file():  # keep the rows of detectors not run this time
+        done = {r["detector"] for r in rows}
+        rows = [r for r in json.loads(args.out.read_text())["results"] if r["detector"] not in done] + rows
+        rows.sort(key=lambda r: list(DETECTORS).index(r["detector"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

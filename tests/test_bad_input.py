@@ -367,9 +367,9 @@ CASES = [
     # -- export --
     Case(
         "export",
-        "a detector without an inference module (SPADE)",
-        lambda e: ["export", "--model", e.p("spade.stratad"), "--out", e.p("never.onnx")],
-        "has no inference module",
+        "a model in patch mode (one backbone pass per patch)",
+        lambda e: ["export", "--model", e.p("patches.stratad"), "--out", e.p("never.onnx")],
+        "patch mode",
     ),
     Case(
         "export",
@@ -452,11 +452,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
             "--data",
             str(data),
             "--detector",
-            "spade",
+            "gde",
             "--nodes",
-            "blocks.2,global_pool",
+            "blocks.6",
+            "--patch-size",
+            "32",
+            "--patch-stride",
+            "16",
             "--out",
-            str(root / "spade.stratad"),
+            str(root / "patches.stratad"),
             *SMALL,
         ),
         stratad(

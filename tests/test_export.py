@@ -26,6 +26,7 @@ EXPORTABLE = {
     "padim": {"nodes": ["blocks.1", "blocks.2"]},
     "gaussian": {"nodes": ["blocks.3", "blocks.5"]},
     "dn2": {"nodes": ["global_pool"]},
+    "spade": {"nodes": ["blocks.2", "blocks.3", "global_pool"], "detector_params": {"image_neighbours": 4}},
 }
 
 
@@ -64,9 +65,11 @@ def test_module_and_onnx_match_the_pipeline(tiny_mvtec: Path, tmp_path: Path, de
 
 def test_what_cannot_be_exported_says_why(tiny_mvtec: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    spade, _ = _fitted(tiny_mvtec, "spade", nodes=["blocks.2", "global_pool"])
+    reweighted, _ = _fitted(
+        tiny_mvtec, "patchcore", detector_params={"coreset_size": 50, "reweight_neighbours": 3}
+    )
     with pytest.raises(Exception, match="no inference module"):
-        export_onnx(spade, out / "s.onnx")
+        export_onnx(reweighted, out / "s.onnx")
     patches, _ = _fitted(tiny_mvtec, "gde", nodes=["blocks.6"], patch_size=32, patch_stride=16)
     with pytest.raises(ExportError, match="patch mode"):
         export_onnx(patches, out / "g.onnx")

@@ -39,6 +39,15 @@ class NearestDistance(nn.Module):
         return nearest.clamp_min(0.0).sqrt()
 
 
+def _resized(x: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
+    """(N, C, h, w) resized to ``grid`` (the detectors' choice of mode: bilinear, or PaDiM's nearest)."""
+    if tuple(x.shape[-2:]) == grid:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=grid, mode="nearest")
+    return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+
+
 def channel_pool_matrix(channels: int, dim: int) -> torch.Tensor:
     """``(channels, dim)`` matrix equal to ``adaptive_avg_pool1d`` from ``channels`` to ``dim`` bins."""
     matrix = torch.zeros(channels, dim)
@@ -78,9 +87,7 @@ class PatchCoreModule(nn.Module):
             x = features[node].float()
             if self.patch_size > 1:
                 x = F.avg_pool2d(x, self.patch_size, stride=1, padding=pad, count_include_pad=True)
-            if tuple(x.shape[-2:]) != grid:
-                x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
-            parts.append(_pool_channels(x, self.node_dim))
+            parts.append(_pool_channels(_resized(x, grid, "bilinear"), self.node_dim))
         joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return _pool_channels(joined, self.target_dim)
 
@@ -127,10 +134,7 @@ class PadimModule(nn.Module):
             local: torch.Tensor = getattr(self, f"local_index_{i}")
             if local.numel() == 0:
                 continue
-            part = features[node].index_select(1, local).float()
-            if tuple(part.shape[-2:]) != grid:
-                part = F.interpolate(part, size=grid, mode="nearest")
-            parts.append(part)
+            parts.append(_resized(features[node].index_select(1, local).float(), grid, "nearest"))
         emb = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         n = emb.shape[0]
         delta = emb.flatten(2).transpose(1, 2) - self.mean  # (N, P, d)
@@ -179,3 +183,70 @@ class DN2Module(nn.Module):
         parts = [_pooled(features[node].float()) for node in self.nodes]
         queries = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self.nearest(queries).mean(dim=1), None
+
+
+def _squared_distances(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """(..., q, d) x (..., b, d) -> (..., q, b) squared Euclidean distances, as a matrix product."""
+    return (
+        queries.square().sum(-1, keepdim=True)
+        - 2.0 * torch.matmul(queries, bank.transpose(-1, -2))
+        + bank.square().sum(-1).unsqueeze(-2)
+    )
+
+
+class SpadeModule(nn.Module):
+    """Retrieval of the ``K`` nearest training images by the pooled feature, then per pixel the mean
+    distance to the ``kappa`` nearest features of those images only, per part, summed on the grid."""
+
+    retrieval_bank: torch.Tensor
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        retrieval_node: str,
+        pixel_banks: Sequence[torch.Tensor],
+        retrieval_bank: torch.Tensor,
+        image_neighbours: int,
+        pixel_neighbours: int,
+        concat: bool,
+        image_score_knn: bool,
+    ) -> None:
+        super().__init__()
+        self.nodes, self.retrieval_node = list(nodes), retrieval_node
+        self.image_neighbours = min(image_neighbours, int(retrieval_bank.shape[0]))
+        self.pixel_neighbours = pixel_neighbours
+        self.concat, self.image_score_knn = concat, image_score_knn
+        self.register_buffer("retrieval_bank", retrieval_bank.float())
+        self.parts = len(pixel_banks)
+        for i, bank in enumerate(pixel_banks):  # (N_train, h, w, C)
+            self.register_buffer(f"pixel_bank_{i}", bank.float())
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = _pooled(features[self.retrieval_node].float())
+        d2 = _squared_distances(pooled, self.retrieval_bank)
+        image_d2, neighbours = torch.topk(d2, self.image_neighbours, dim=1, largest=False)
+        maps = [
+            features[n].float()
+            for n in self.nodes
+            if features[n].ndim == 4 and features[n].shape[-2] * features[n].shape[-1] > 1
+        ]
+        grid = (int(maps[0].shape[-2]), int(maps[0].shape[-1]))
+        if self.concat:
+            maps = [torch.cat([_resized(m, grid, "bilinear") for m in maps], dim=1)]
+        total = torch.zeros(pooled.shape[0], 1, grid[0], grid[1])
+        for i, part in enumerate(maps):
+            bank: torch.Tensor = getattr(self, f"pixel_bank_{i}")
+            n, c, h, w = part.shape
+            queries = part.permute(0, 2, 3, 1).reshape(n, h * w, c)
+            retrieved = bank[neighbours].reshape(n, -1, c)  # (N, K * h' * w', C)
+            nearest = torch.topk(
+                _squared_distances(queries, retrieved), self.pixel_neighbours, dim=2, largest=False
+            ).values
+            node_map = nearest.clamp_min(0.0).sqrt().mean(dim=2).reshape(n, 1, h, w)
+            total = total + _resized(node_map, grid, "bilinear")
+        maps_out = total[:, 0]
+        if self.image_score_knn:
+            scores = image_d2.clamp_min(0.0).sqrt().mean(dim=1)
+        else:
+            scores = maps_out.flatten(1).amax(dim=1)
+        return scores, maps_out

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from stratad._options import bounded
 from stratad.backbones.stages import NodeRule
@@ -180,6 +181,24 @@ class Spade(Detector):
                 f"SPADE was fitted with retrieval / pixel channels {fitted} but got {given}; "
                 "score with the nodes (and combine mode) it was fitted with"
             )
+
+    def module(self, nodes: Sequence[str]) -> nn.Module:
+        from stratad.detectors.modules import SpadeModule
+
+        self._check_fitted("retrieval_bank_")
+        assert self.retrieval_bank_ is not None and self.pixel_banks_ is not None
+        c = self.config
+        retrieval = nodes[-1] if c.retrieval_node is None else nodes[find_node(c.retrieval_node, list(nodes))]
+        return SpadeModule(
+            nodes,
+            retrieval,
+            self.pixel_banks_,
+            self.retrieval_bank_,
+            c.image_neighbours,
+            c.pixel_neighbours,
+            c.combine is SpadeCombine.concat,
+            c.image_score is SpadeImageScore.knn,
+        )
 
     # -- state --
     def state_dict(self) -> dict[str, torch.Tensor]:
