@@ -27,6 +27,7 @@ EXPORTABLE = {
     "gaussian": {"nodes": ["blocks.3", "blocks.5"]},
     "dn2": {"nodes": ["global_pool"]},
     "spade": {"nodes": ["blocks.2", "blocks.3", "global_pool"], "detector_params": {"image_neighbours": 4}},
+    "gde": {"nodes": ["blocks.3", "blocks.4"]},
 }
 
 

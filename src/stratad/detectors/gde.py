@@ -16,11 +16,12 @@ channels; a pooled node ``(N, C)`` is treated as a 1 x 1 map.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from stratad._options import bounded
 from stratad.backbones.stages import NodeRule
@@ -102,6 +103,13 @@ class GaussianDensity(Detector):
         self._check_fitted("whitener_")
         assert self.whitener_ is not None
         return int(self.whitener_.shape[1])
+
+    def module(self, nodes: Sequence[str]) -> nn.Module:
+        from stratad.detectors.modules import GdeModule
+
+        self._check_fitted("whitener_")
+        assert self.mean_ is not None and self.whitener_ is not None
+        return GdeModule(nodes, self.mean_, self.whitener_)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("whitener_")

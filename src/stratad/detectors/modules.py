@@ -250,3 +250,31 @@ class SpadeModule(nn.Module):
         else:
             scores = maps_out.flatten(1).amax(dim=1)
         return scores, maps_out
+
+
+class GdeModule(nn.Module):
+    """The nodes on the first node's grid, concatenated; Mahalanobis distance of every position to
+    one Gaussian (``||(x - mean) W||``), max as image score."""
+
+    mean: torch.Tensor
+    whitener: torch.Tensor
+
+    def __init__(self, nodes: Sequence[str], mean: torch.Tensor, whitener: torch.Tensor) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("whitener", whitener.float())
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = [
+            features[n].float()
+            if features[n].ndim == 4
+            else features[n].float().reshape(features[n].shape[0], -1, 1, 1)
+            for n in self.nodes
+        ]
+        grid = (int(maps[0].shape[-2]), int(maps[0].shape[-1]))
+        emb = torch.cat([_resized(m, grid, "bilinear") for m in maps], dim=1) if len(maps) > 1 else maps[0]
+        n, c, h, w = emb.shape
+        z = (emb.permute(0, 2, 3, 1).reshape(-1, c) - self.mean) @ self.whitener
+        dist = z.square().sum(1).sqrt().reshape(n, h, w)
+        return dist.flatten(1).amax(dim=1), dist
