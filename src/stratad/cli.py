@@ -375,6 +375,19 @@ def _sweep_config(
     return cfg
 
 
+def print_top(result: Any, title: str) -> None:
+    """The ranked nodes of a select or sweep run (aliases show which node they repeat)."""
+    columns = [
+        c for c in ("node", "relative_rf", "image_auroc", "aupro_30", "p_h", "same_as") if c in result.top[0]
+    ]
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in result.top:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    results.print(table)
+
+
 def _fix_bit_depth(cfg: Any, split: Any) -> None:
     from stratad.data.io import detect_bit_depth
 
@@ -488,14 +501,7 @@ def select(
         result = select_features(
             split.train, cfg, out, defects, criterion, top_k, progress=update, relative_rf=relative_rf
         )
-    table = Table(title=f"top {top_k} nodes by synthetic {result.criterion} ({defects})")
-    for col in ("node", "relative_rf", "image_auroc", "aupro_30", "p_h"):
-        table.add_column(col)
-    for row in result.top:
-        table.add_row(
-            *(str(row.get(c, "")) for c in ("node", "relative_rf", "image_auroc", "aupro_30", "p_h"))
-        )
-    results.print(table)
+    print_top(result, f"top {top_k} nodes by synthetic {result.criterion} ({defects})")
     console.print(
         f"selected {result.node} ({result.criterion} = {result.value:.4f}) -> {out / 'selected.json'}"
     )
@@ -549,9 +555,7 @@ def sweep(
     resolution), and unless --exact every second pixel row and column, to keep hundreds of nodes
     affordable; `stratad evaluate` gives official numbers.
     """
-    from stratad.selection import EvalSet, run_sweep
-    from stratad.selection.sweep import load_uint8_images
-    from stratad.selection.validation import resized_mask
+    from stratad.selection.select import default_criterion, real_test_set, sweep_and_choose
 
     cfg = _sweep_config(
         backbone,
@@ -574,27 +578,19 @@ def sweep(
         raise StratadError(f"{data} has no test images to sweep on")
     _fix_bit_depth(cfg, split)
     cfg.label = split.name
-    from stratad.data.datasets import pixel_records
-    from stratad.detectors import detector_class
-
-    keep, missing = (
-        pixel_records(split.test, missing_masks) if detector_class(detector).localizes else ([], [])
-    )
     relative_rf = _rf_for(cfg, rf)
     with progress_bar("loading images", len(split.train) + len(split.test), progress) as advance:
-        train_images = load_uint8_images(split.train, image_size, advance, cfg.bit_depth)
-        test_images = load_uint8_images(split.test, image_size, advance, cfg.bit_depth)
-    import numpy as np
-
-    labels = np.array([r.label for r in split.test])
-    masks = [resized_mask(split.test[i], image_size) for i in keep]
-    evaluation = EvalSet(test_images, labels, masks, np.array(keep) if missing else None)
-    if missing:
-        console.print(f"{len(missing)} defective images without a mask are left out of the pixel metrics")
+        train_images, evaluation, n_missing = real_test_set(
+            split.train, split.test, cfg, missing_masks, advance
+        )
+    if n_missing:
+        console.print(f"{n_missing} defective images without a mask are left out of the pixel metrics")
+    criterion = default_criterion(detector)
     with count_progress("scoring nodes", progress) as update:
-        rows = run_sweep(cfg, train_images, evaluation, out, update, relative_rf)
-    best = max(rows, key=lambda r: float(r["p_h"] or r["image_auroc"] or 0))
-    console.print(f"{len(rows)} nodes -> {out / 'nodes.csv'}; best {best['node']} (p_h {best['p_h']})")
+        result = sweep_and_choose(cfg, train_images, evaluation, out, criterion, 5, update, relative_rf)
+    print_top(result, f"top 5 nodes on the real test split by {result.criterion}")
+    best = f"best {result.node} ({result.criterion} {result.value:.4f})"
+    console.print(f"{len(result.table)} nodes -> {out / 'nodes.csv'}; {best}")
 
 
 @app.command()
@@ -634,33 +630,14 @@ def synth(
     seed: SeedOpt = 0,
 ) -> None:
     """Write synthetic defects made from the good training images, with their exact masks."""
-    import numpy as np
 
-    from stratad.data.io import detect_bit_depth
-    from stratad.report.overlay import write_png
-    from stratad.selection.validation import resized_rgb
-    from stratad.synth import build_defect
+    from stratad.workflows import write_synthetic_set
 
     if n < 1:
         raise StratadError("--n must be at least 1")
     check_image_size(image_size)
-    generator = build_defect(kind)
     split = _load_split(data, dataset, category, seed, None)
-    bit_depth = detect_bit_depth(r.path for r in split.train)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        t = int(rng.integers(len(split.train)))
-        s = int(rng.integers(len(split.train)))
-        made = generator(
-            resized_rgb(split.train[t], image_size, bit_depth),
-            resized_rgb(split.train[s], image_size, bit_depth),
-            rng,
-        )
-        write_png(str(out / "images" / f"{kind}_{i:04d}.png"), made.image)
-        write_png(
-            str(out / "masks" / f"{kind}_{i:04d}.png"),
-            np.repeat(made.mask[..., None] * 255, 3, -1).astype(np.uint8),
-        )
+    write_synthetic_set(split.train, kind, n, image_size, out, seed)
     console.print(f"{n} {kind} defects -> {out}")
 
 

@@ -177,3 +177,32 @@ def _write_overlays(
         rgb = read_image_rgb(path, bit_depth)
         full = resize_map(small, rgb.shape[:2])
         write_png(out / name.with_name(name.name + ".overlay.png"), heatmap_overlay(rgb, full, vmin, vmax))
+
+
+def write_synthetic_set(
+    train: Sequence[Any], kind: str, n: int, image_size: int, out: str | Path, seed: int = 0
+) -> list[Path]:
+    """``n`` synthetic defects of ``kind`` made from the good ``train`` images (resized to
+    ``image_size``), written as ``out/images/<kind>_<i>.png`` with exact masks in ``out/masks/``.
+    Targets and sources are drawn by :func:`stratad.synth.make_synthetic_set` (every image used as
+    target equally often, the source another image). Folders are made with the first file."""
+    from stratad.data.io import detect_bit_depth
+    from stratad.report.overlay import write_png
+    from stratad.selection.validation import resized_rgb
+    from stratad.synth import build_defect, make_synthetic_set
+
+    build_defect(kind)  # an unknown kind fails before any image is read
+    bit_depth = detect_bit_depth(_record_path(r) for r in train)
+    images = [resized_rgb(r, image_size, bit_depth) for r in train]
+    defects = make_synthetic_set(images, kind, n, np.random.default_rng(seed))
+    written = []
+    for i, made in enumerate(defects):
+        image_path = Path(out) / "images" / f"{kind}_{i:04d}.png"
+        write_png(image_path, made.image)
+        write_png(Path(out) / "masks" / f"{kind}_{i:04d}.png", (made.mask.astype(np.uint8) * 255))
+        written.append(image_path)
+    return written
+
+
+def _record_path(record: Any) -> Path:
+    return Path(getattr(record, "path", record))

@@ -93,8 +93,9 @@ def select_features(
     train_images = load_uint8_images(split.fit, cfg.image_size, bit_depth=cfg.bit_depth)
     evaluation = EvalSet(val.images, val.labels, list(val.masks))
     settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
-    rows = run_sweep(cfg, train_images, evaluation, out_dir, progress, relative_rf, settings)
-    result = choose(rows, criterion, top_k)
+    result = sweep_and_choose(
+        cfg, train_images, evaluation, out_dir, criterion, top_k, progress, relative_rf, settings
+    )
     payload = {
         "node": result.node,
         "criterion": result.criterion,
@@ -107,3 +108,57 @@ def select_features(
     text = json.dumps(payload, indent=2)
     atomic_write(out_dir / "selected.json", lambda tmp: Path(tmp).write_text(text))
     return result
+
+
+def sweep_and_choose(
+    cfg: SweepConfig,
+    train_images: Any,
+    evaluation: EvalSet,
+    out_dir: Path,
+    criterion: Criterion | str = Criterion.p_h,
+    top_k: int = 5,
+    progress: Callable[[str, int, int], None] | None = None,
+    relative_rf: dict[str, float] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> SelectionResult:
+    """The one path of ``select`` (synthetic evaluation set) and ``sweep`` (the real test split):
+    score every node, then rank them by ``criterion`` with :func:`choose`."""
+    rows = run_sweep(cfg, train_images, evaluation, out_dir, progress, relative_rf, settings)
+    return choose(rows, criterion, top_k)
+
+
+def real_test_set(
+    train: Sequence[ImageRecord],
+    test: Sequence[ImageRecord],
+    cfg: SweepConfig,
+    missing_masks: str = "error",
+    load_progress: Callable[[int], None] | None = None,
+) -> tuple[Any, EvalSet, int]:
+    """Training images and the real test split (masks at the network size) for a sweep, and how
+    many defective images without a mask leave the pixel metrics (``missing_masks="exclude"``)."""
+    import numpy as np
+
+    from stratad.data.datasets import pixel_records
+    from stratad.detectors import detector_class
+    from stratad.selection.validation import resized_mask
+
+    if not test:
+        raise StratadError("there are no test images to sweep on")
+    localizes = detector_class(cfg.detector).localizes
+    keep, missing = pixel_records(list(test), missing_masks) if localizes else (list(range(len(test))), [])
+    train_images = load_uint8_images(train, cfg.image_size, load_progress, cfg.bit_depth)
+    test_images = load_uint8_images(test, cfg.image_size, load_progress, cfg.bit_depth)
+    labels = np.array([r.label for r in test])
+    masks = [resized_mask(test[i], cfg.image_size) for i in keep] if localizes else []
+    return (
+        train_images,
+        EvalSet(test_images, labels, masks, np.array(keep) if missing else None),
+        len(missing),
+    )
+
+
+def default_criterion(detector: str) -> Criterion:
+    """P_h for detectors with maps, image AUROC for image-only ones."""
+    from stratad.detectors import detector_class
+
+    return Criterion.p_h if detector_class(detector).localizes else Criterion.p_cls
