@@ -71,10 +71,13 @@ def inference_model(pipeline: Pipeline) -> InferenceModel:
             "module; export a model fitted without it"
         )
     extractor = pipeline.extractor
-    detector = pipeline.detector.module(c.nodes)
+    from stratad.detectors.modules import DetectorModule
+
+    detector: DetectorModule = pipeline.detector.module(c.nodes)  # type: ignore[assignment]
     with torch.no_grad():
+        # The traced form, run once: a detector mode that cannot be exported says so here.
         probe = torch.full((1, 3, c.image_size, c.image_size), 0.5)
-        _, maps = detector(extractor(probe))
+        _, maps = detector.traced(extractor(probe))
     head = (
         None
         if maps is None

@@ -306,6 +306,7 @@ class Pipeline:
 
     def fit_features(self, train: FeatureBatch) -> Pipeline:
         self.detector.fit(train)
+        self._detector_module: Any = None
         self.fitted_ = True
         return self
 
@@ -382,7 +383,7 @@ class Pipeline:
         return results
 
     def _score_one(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        size = (self.config.image_size, self.config.image_size)
+        """One image through the one inference path: extractor -> detector module -> map head."""
         if self.config.patch_size:
             from stratad.features.patches import extract_patch_features
 
@@ -391,9 +392,16 @@ class Pipeline:
             )
         else:
             feats = self.extractor(image)
-        out = self.detector.score(FeatureBatch({n: feats[n] for n in self.config.nodes}, size))
-        score = np.asarray(out.image_scores, dtype=np.float32).reshape(1)
-        return score, (None if out.maps is None else self.postprocess_maps(out.maps))
+        scores, maps = self.detector_module(feats)
+        score = scores.numpy().astype(np.float32, copy=False).reshape(1)
+        return score, (None if maps is None else self.postprocess_maps(maps.numpy()))
+
+    @property
+    def detector_module(self) -> Any:
+        """The fitted detector as its inference module (:mod:`stratad.detectors.modules`), built once."""
+        if getattr(self, "_detector_module", None) is None:
+            self._detector_module = self.detector.module(self.config.nodes)
+        return self._detector_module
 
     def postprocess_maps(self, maps: np.ndarray) -> np.ndarray:
         c = self.config

@@ -86,7 +86,7 @@ class DN2(Detector):
 
         self._check_fitted("bank_")
         assert self.bank_ is not None
-        return DN2Module(nodes, self.bank_, self.config.neighbours)
+        return DN2Module(self, nodes, self.bank_, self.config.neighbours)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("bank_")

@@ -265,7 +265,7 @@ class GaussianAD(Detector):
 
         self._check_fitted("means_")
         assert self.means_ is not None and self.transforms_ is not None
-        return GaussianModule(nodes, self.means_, self.transforms_)
+        return GaussianModule(self, nodes, self.means_, self.transforms_)
 
     # -- working points --
     def dimension(self, node: int = 0) -> int:

@@ -109,7 +109,7 @@ class GaussianDensity(Detector):
 
         self._check_fitted("whitener_")
         assert self.mean_ is not None and self.whitener_ is not None
-        return GdeModule(nodes, self.mean_, self.whitener_)
+        return GdeModule(self, nodes, self.mean_, self.whitener_)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("whitener_")

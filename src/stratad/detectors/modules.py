@@ -1,12 +1,14 @@
 """Inference modules: a fitted detector as a plain ``nn.Module`` with its learned state in buffers.
 
 ``Detector.module()`` returns one of these; :class:`stratad.inference.InferenceModel` chains it after
-the node extractor and before the map head, and that chain is what ``stratad export`` writes to ONNX.
-Everything here is plain tensor algebra that traces: the nearest-neighbour search is a matrix
-product (``||q||^2 - 2 q.b + ||b||^2``, the form faiss's exact index computes too) because ``cdist``
-does not export to ONNX, and PatchCore's adaptive channel pooling is a fixed averaging matrix
-(adaptive pooling with uneven bins has no ONNX operator). Fitting stays outside (faiss, coreset,
-Ledoit-Wolf); the Python scoring path keeps faiss, and tests check both give the same scores.
+the node extractor and before the map head: prediction, evaluation, every sweep node and
+``stratad export`` all go through it. In Python a module runs the detector's own scoring (faiss
+nearest neighbours, chunked loops); traced for export it runs :meth:`DetectorModule.traced`, plain
+tensor algebra on its buffers: the nearest-neighbour search is a matrix product
+(``||q||^2 - 2 q.b + ||b||^2``, the form faiss's exact index computes too) because ``cdist`` does
+not export to ONNX, and PatchCore's adaptive channel pooling is a fixed averaging matrix (adaptive
+pooling with uneven bins has no ONNX operator). Fitting stays outside (faiss, coreset, Ledoit-Wolf);
+the contract suite checks both forms give the same scores.
 """
 
 from __future__ import annotations
@@ -16,6 +18,39 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def exporting() -> bool:
+    """Whether the module is being traced or exported (the pure-tensor form is then required)."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+class DetectorModule(nn.Module):
+    """A fitted detector as a module: ``forward(features) -> (image scores (N,), raw maps or None)``.
+
+    In Python, ``forward`` runs the detector's own scoring (faiss for nearest neighbours, chunked
+    loops that bound memory), so prediction, evaluation and sweeps are exactly as fast and give the
+    same numbers as before; while tracing or exporting it runs :meth:`traced`, the same algebra in
+    plain tensor operations on the module's buffers. The contract suite checks both agree.
+    """
+
+    def __init__(self, detector: object, nodes: Sequence[str]) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        self._detector = [detector]  # a plain list: the detector is neither state nor a submodule
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if exporting():
+            return self.traced(features)
+        from stratad.features.types import FeatureBatch
+
+        out = self._detector[0].score(FeatureBatch({n: features[n] for n in self.nodes}, (0, 0)))  # type: ignore[attr-defined]
+        maps = None if out.maps is None else torch.from_numpy(out.maps)
+        return torch.from_numpy(out.image_scores), maps
+
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scoring as plain tensor operations on the buffers (what ONNX export records)."""
+        raise NotImplementedError
 
 
 class NearestDistance(nn.Module):
@@ -67,14 +102,21 @@ def _pool_channels(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.einsum("nchw,cd->ndhw", x, matrix)
 
 
-class PatchCoreModule(nn.Module):
+class PatchCoreModule(DetectorModule):
     """Patch embedding of the nodes, nearest memory-bank distance per patch, max as image score."""
 
     def __init__(
-        self, memory_bank: torch.Tensor, nodes: Sequence[str], patch_size: int, node_dim: int, target_dim: int
+        self,
+        detector: object,
+        memory_bank: torch.Tensor,
+        nodes: Sequence[str],
+        patch_size: int,
+        node_dim: int,
+        target_dim: int,
+        reweight_neighbours: int = 0,
     ) -> None:
-        super().__init__()
-        self.nodes = list(nodes)
+        super().__init__(detector, nodes)
+        self.reweight_neighbours = reweight_neighbours
         self.patch_size, self.node_dim, self.target_dim = patch_size, node_dim, target_dim
         self.nearest = NearestDistance(memory_bank, k=1)
 
@@ -91,7 +133,13 @@ class PatchCoreModule(nn.Module):
         joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return _pool_channels(joined, self.target_dim)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.reweight_neighbours:
+            from stratad.errors import DetectorError
+
+            raise DetectorError(
+                "PatchCore's image-score reweighting cannot be exported yet; fit with reweight_neighbours=0"
+            )
         emb = self.embed(features)
         n, d, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(-1, d)
@@ -99,7 +147,7 @@ class PatchCoreModule(nn.Module):
         return maps.flatten(1).amax(dim=1), maps
 
 
-class PadimModule(nn.Module):
+class PadimModule(DetectorModule):
     """Selected channels of the nodes on the first node's grid, Mahalanobis distance per position."""
 
     channel_index: torch.Tensor
@@ -108,14 +156,14 @@ class PadimModule(nn.Module):
 
     def __init__(
         self,
+        detector: object,
         nodes: Sequence[str],
         node_channels: Sequence[int],
         channel_index: torch.Tensor,
         mean: torch.Tensor,
         inv_covariance: torch.Tensor,
     ) -> None:
-        super().__init__()
-        self.nodes = list(nodes)
+        super().__init__(detector, nodes)
         # Per node: which of its own channels are kept (the global index split by node), in order.
         offset = 0
         for i, channels in enumerate(node_channels):
@@ -126,7 +174,7 @@ class PadimModule(nn.Module):
         self.register_buffer("mean", mean.float())
         self.register_buffer("inv_covariance", inv_covariance.float())
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         first = features[self.nodes[0]]
         grid = (int(first.shape[-2]), int(first.shape[-1]))
         parts = []
@@ -148,19 +196,22 @@ def _pooled(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=(2, 3)) if x.ndim == 4 else x.reshape(x.shape[0], -1)
 
 
-class GaussianModule(nn.Module):
+class GaussianModule(DetectorModule):
     """Per node: pooled feature, whitened distance to the node's Gaussian; summed over the nodes."""
 
     def __init__(
-        self, nodes: Sequence[str], means: Sequence[torch.Tensor], transforms: Sequence[torch.Tensor]
+        self,
+        detector: object,
+        nodes: Sequence[str],
+        means: Sequence[torch.Tensor],
+        transforms: Sequence[torch.Tensor],
     ) -> None:
-        super().__init__()
-        self.nodes = list(nodes)
+        super().__init__(detector, nodes)
         for i, (mean, transform) in enumerate(zip(means, transforms, strict=True)):
             self.register_buffer(f"mean_{i}", mean.double())
             self.register_buffer(f"transform_{i}", transform.double())
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
         total = torch.zeros(features[self.nodes[0]].shape[0], dtype=torch.float64)
         for i, node in enumerate(self.nodes):
             mean: torch.Tensor = getattr(self, f"mean_{i}")
@@ -171,15 +222,14 @@ class GaussianModule(nn.Module):
         return total.float(), None
 
 
-class DN2Module(nn.Module):
+class DN2Module(DetectorModule):
     """Pooled features of the nodes, mean distance to the ``k`` nearest training images."""
 
-    def __init__(self, nodes: Sequence[str], bank: torch.Tensor, neighbours: int) -> None:
-        super().__init__()
-        self.nodes = list(nodes)
+    def __init__(self, detector: object, nodes: Sequence[str], bank: torch.Tensor, neighbours: int) -> None:
+        super().__init__(detector, nodes)
         self.nearest = NearestDistance(bank, k=neighbours)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
         parts = [_pooled(features[node].float()) for node in self.nodes]
         queries = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self.nearest(queries).mean(dim=1), None
@@ -194,7 +244,7 @@ def _squared_distances(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tenso
     )
 
 
-class SpadeModule(nn.Module):
+class SpadeModule(DetectorModule):
     """Retrieval of the ``K`` nearest training images by the pooled feature, then per pixel the mean
     distance to the ``kappa`` nearest features of those images only, per part, summed on the grid."""
 
@@ -202,6 +252,7 @@ class SpadeModule(nn.Module):
 
     def __init__(
         self,
+        detector: object,
         nodes: Sequence[str],
         retrieval_node: str,
         pixel_banks: Sequence[torch.Tensor],
@@ -211,8 +262,8 @@ class SpadeModule(nn.Module):
         concat: bool,
         image_score_knn: bool,
     ) -> None:
-        super().__init__()
-        self.nodes, self.retrieval_node = list(nodes), retrieval_node
+        super().__init__(detector, nodes)
+        self.retrieval_node = retrieval_node
         self.image_neighbours = min(image_neighbours, int(retrieval_bank.shape[0]))
         self.pixel_neighbours = pixel_neighbours
         self.concat, self.image_score_knn = concat, image_score_knn
@@ -221,7 +272,7 @@ class SpadeModule(nn.Module):
         for i, bank in enumerate(pixel_banks):  # (N_train, h, w, C)
             self.register_buffer(f"pixel_bank_{i}", bank.float())
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = _pooled(features[self.retrieval_node].float())
         d2 = _squared_distances(pooled, self.retrieval_bank)
         image_d2, neighbours = torch.topk(d2, self.image_neighbours, dim=1, largest=False)
@@ -252,20 +303,21 @@ class SpadeModule(nn.Module):
         return scores, maps_out
 
 
-class GdeModule(nn.Module):
+class GdeModule(DetectorModule):
     """The nodes on the first node's grid, concatenated; Mahalanobis distance of every position to
     one Gaussian (``||(x - mean) W||``), max as image score."""
 
     mean: torch.Tensor
     whitener: torch.Tensor
 
-    def __init__(self, nodes: Sequence[str], mean: torch.Tensor, whitener: torch.Tensor) -> None:
-        super().__init__()
-        self.nodes = list(nodes)
+    def __init__(
+        self, detector: object, nodes: Sequence[str], mean: torch.Tensor, whitener: torch.Tensor
+    ) -> None:
+        super().__init__(detector, nodes)
         self.register_buffer("mean", mean.float())
         self.register_buffer("whitener", whitener.float())
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         maps = [
             features[n].float()
             if features[n].ndim == 4

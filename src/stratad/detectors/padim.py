@@ -140,7 +140,9 @@ class Padim(Detector):
         self._check_fitted("inv_covariance_")
         assert self.channel_index_ is not None and self.mean_ is not None
         assert self.inv_covariance_ is not None and self.node_channels_ is not None
-        return PadimModule(nodes, self.node_channels_, self.channel_index_, self.mean_, self.inv_covariance_)
+        return PadimModule(
+            self, nodes, self.node_channels_, self.channel_index_, self.mean_, self.inv_covariance_
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("inv_covariance_")

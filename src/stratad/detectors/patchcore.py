@@ -137,9 +137,9 @@ class PatchCore(Detector):
         self._check_fitted("memory_bank_")
         assert self.memory_bank_ is not None
         c = self.config
-        if c.reweight_neighbours:
-            raise DetectorError("PatchCore's image-score reweighting has no inference module yet; use 0")
-        return PatchCoreModule(self.memory_bank_, nodes, c.patch_size, c.node_dim, c.target_dim)
+        return PatchCoreModule(
+            self, self.memory_bank_, nodes, c.patch_size, c.node_dim, c.target_dim, c.reweight_neighbours
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("memory_bank_")

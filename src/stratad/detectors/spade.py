@@ -190,6 +190,7 @@ class Spade(Detector):
         c = self.config
         retrieval = nodes[-1] if c.retrieval_node is None else nodes[find_node(c.retrieval_node, list(nodes))]
         return SpadeModule(
+            self,
             nodes,
             retrieval,
             self.pixel_banks_,

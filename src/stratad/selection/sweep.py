@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stratad.detectors.base import build_detector, build_seeded_detector
+from stratad.detectors.base import Scores, build_detector, build_seeded_detector
 from stratad.errors import StratadError
 from stratad.features.types import FeatureBatch
 from stratad.metrics import PixelTruth
@@ -237,7 +237,8 @@ def _score_node(context: ChunkContext, node: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     det.fit(FeatureBatch({node: train}, size))
     t1 = time.perf_counter()
-    scores = det.score(FeatureBatch({node: test}, size))
+    image_scores, raw_maps = det.module([node])({node: test})  # the one inference path
+    scores = Scores(image_scores.numpy(), None if raw_maps is None else raw_maps.numpy())
     t2 = time.perf_counter()
     if scores.maps is not None:
         truth = context.truth
