@@ -41,7 +41,7 @@ def run(nodes: list[str], n_train: int, n_predict: int, coreset: int, image_size
     train = split.train[:n_train]
     test = split.test[:n_predict]
     pipe = Pipeline(
-        "efficientnet_lite0", nodes, "patchcore", image_size, detector_params={"coreset_size": coreset}
+        nodes=nodes, detector="patchcore", image_size=image_size, detector_params={"coreset_size": coreset}
     )
     pipe.prepare()
     # Warm-up (first-call allocations, page cache of the images) is not part of either timing.

@@ -60,7 +60,7 @@ def main() -> None:
             sys.exit(f"{work} already holds sweep results; give an empty --work folder for a timing")
     split = load_dataset(MTD, "mtd")
     params = {"coreset_size": 1000, **dict(p.split("=", 1) for p in args.param)}
-    single = Pipeline("efficientnet_lite0", [args.single_node], "patchcore", 256, detector_params=params)
+    single = Pipeline(nodes=[args.single_node], detector="patchcore", image_size=256, detector_params=params)
     single.prepare()
     cfg = SweepConfig(nodes=["all"], detector_params=params, max_grid=args.max_grid, workers=args.workers)
     single_runs, sweep_runs, rf_runs = [], [], []

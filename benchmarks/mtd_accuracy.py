@@ -56,10 +56,10 @@ def main() -> None:
     params = parse_params(args.param)
     node_sets = [s.split(",") for s in args.node_sets.split(";")]
     pipe = Pipeline(
-        args.backbone,
-        sorted({n for s in node_sets for n in s}),
-        args.detector,
-        args.image_size,
+        backbone=args.backbone,
+        nodes=sorted({n for s in node_sets for n in s}),
+        detector=args.detector,
+        image_size=args.image_size,
         detector_params=params,
         seed=args.seed,
     )

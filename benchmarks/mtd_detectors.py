@@ -52,10 +52,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def run_config(name: str, cfg: dict[str, Any], split: Any) -> dict[str, Any]:
     pipe = Pipeline(
-        "efficientnet_lite0",
-        cfg.get("nodes"),
-        cfg["detector"],
-        256,
+        backbone="efficientnet_lite0",
+        nodes=cfg.get("nodes"),
+        detector=cfg["detector"],
+        image_size=256,
         detector_params=cfg.get("params", {}),
         patch_size=cfg.get("patch_size", 0),
     )

@@ -120,10 +120,9 @@ def main() -> None:
             combo = json.loads(combo_file.read_text())
         else:
             pipe = Pipeline(
-                "efficientnet_lite0",
-                args.default_nodes.split(","),
-                "patchcore",
-                256,
+                nodes=args.default_nodes.split(","),
+                detector="patchcore",
+                image_size=256,
                 detector_params=params,
                 seed=seed,
             ).fit(split.train)

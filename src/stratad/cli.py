@@ -148,13 +148,13 @@ def fit(
     check_output_file(out)
     split = _load_split(data, dataset, category, seed, train_fraction)
     pipe = Pipeline(
-        backbone,
-        parse_nodes(nodes),
-        detector,
-        image_size,
-        weights,
-        parse_params(param),
-        seed,
+        backbone=backbone,
+        nodes=parse_nodes(nodes),
+        detector=detector,
+        image_size=image_size,
+        weights=weights,
+        detector_params=parse_params(param),
+        seed=seed,
         batch_size=batch_size,
         device=device,
         patch_size=patch_size,
@@ -507,13 +507,13 @@ def select(
     )
     if fit_final:
         pipe = Pipeline(
-            backbone,
-            [result.node],
-            detector,
-            image_size,
-            weights,
-            parse_params(param),
-            seed,
+            backbone=backbone,
+            nodes=[result.node],
+            detector=detector,
+            image_size=image_size,
+            weights=weights,
+            detector_params=parse_params(param),
+            seed=seed,
             batch_size=batch_size,
             device=device,
             bit_depth=cfg.bit_depth,

@@ -73,7 +73,7 @@ def run_demo(
     for texture in TEXTURES:
         root = write_demo_dataset(out / "data", texture, seed=seed)
         split = load_dataset(root, "mvtec")
-        pipe = Pipeline("efficientnet_lite0", detector="patchcore", image_size=image_size, seed=seed)
+        pipe = Pipeline(backbone="efficientnet_lite0", detector="patchcore", image_size=image_size, seed=seed)
         with progress_bar(f"{texture}: fit", len(split.train), progress) as advance:
             pipe.fit(split.train, advance)
         pipe.save(out / f"{texture}.stratad")

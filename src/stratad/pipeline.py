@@ -167,6 +167,7 @@ def _path_of(item: ImageSource) -> Path:
 class Pipeline:
     def __init__(
         self,
+        *,
         backbone: str = "efficientnet_lite0",
         nodes: Sequence[str] | str | None = None,
         detector: str = "patchcore",

@@ -67,7 +67,9 @@ def test_a_new_backbone_with_stage_metadata_only_gets_working_defaults(
     }
     split = load_dataset(tiny_mvtec, "mvtec")
     params = {"coreset_size": 100} if detector == "patchcore" else {}
-    pipe = Pipeline(tiny_backbone, None, detector, 64, weights="random", detector_params=params)
+    pipe = Pipeline(
+        backbone=tiny_backbone, detector=detector, image_size=64, weights="random", detector_params=params
+    )
     pipe.fit(split.train)
     assert pipe.config.nodes == expected[detector]
     pred = pipe.predict(split.test)

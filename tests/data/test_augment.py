@@ -30,6 +30,6 @@ def test_each_augmentation_adds_one_copy() -> None:
 
 def test_pipeline_fits_on_augmented_copies(tiny_mvtec: Path) -> None:
     split = load_dataset(tiny_mvtec, "mvtec")
-    pipe = Pipeline("efficientnet_lite0", ["blocks.3"], "dn2", 64, train_augmentations=["hflip", "vflip"])
+    pipe = Pipeline(nodes=["blocks.3"], detector="dn2", image_size=64, train_augmentations=["hflip", "vflip"])
     pipe.fit(split.train)
     assert pipe.detector.state_dict()["bank"].shape[0] == 3 * len(split.train)

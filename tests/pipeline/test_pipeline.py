@@ -67,7 +67,7 @@ def test_patch_mode_gde(tiny_mvtec: Path, tmp_path: Path) -> None:
     # 64 px images, 32 px patches at stride 8: a 5 x 5 grid of separately encoded patches.
     split = load_dataset(tiny_mvtec, "mvtec")
     pipe = Pipeline(
-        "efficientnet_lite0", ["blocks.3"], "gde", 64, patch_size=32, patch_stride=8, batch_size=4
+        nodes=["blocks.3"], detector="gde", image_size=64, patch_size=32, patch_stride=8, batch_size=4
     )
     pred = pipe.fit(split.train).predict(split.test)
     assert pred.maps is not None and pred.maps.shape == (8, 64, 64)
@@ -113,7 +113,7 @@ def test_default_nodes_by_stride(detector: str) -> None:
         ("efficientnet_lite0", "imagenet", LITE0),
         ("resnet18", "random", RESNET18),
     ):
-        pipe = Pipeline(backbone, None, detector, 64, weights=weights).prepare()
+        pipe = Pipeline(backbone=backbone, detector=detector, image_size=64, weights=weights).prepare()
         assert pipe.config.nodes == expected[detector], (backbone, detector)
 
 

@@ -17,7 +17,7 @@ def test_patchcore_blocks4_reaches_the_reference(mtd_root: Path) -> None:
     # Measured at P_h 0.784 (image AUROC 0.932, AU-PRO 0.677); the floor leaves room for BLAS noise.
     split = load_dataset(mtd_root, "mtd")
     pipe = Pipeline(
-        "efficientnet_lite0", ["blocks.4"], "patchcore", 256, detector_params={"coreset_size": 1000}
+        nodes=["blocks.4"], detector="patchcore", image_size=256, detector_params={"coreset_size": 1000}
     )
     metrics, _ = evaluate_pipeline(pipe.fit(split.train), split.test)
     assert metrics["n_test_images"] == 773

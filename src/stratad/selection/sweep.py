@@ -66,7 +66,7 @@ RESULT_COLUMNS = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SweepConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
