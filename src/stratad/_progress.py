@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -31,11 +32,59 @@ def _columns() -> tuple[ProgressColumn, ...]:
     )
 
 
+#: Seconds between two lines of the plain log written when standard error is not a terminal.
+LOG_INTERVAL_S = 10.0
+
+
+class LineLog:
+    """Progress as plain lines (``extracting features: 120/571 (21%), 3.1 s``) for a log file or a
+    pipe, where a live bar would show nothing until the end: one line at most every
+    :data:`LOG_INTERVAL_S` seconds, and one when the work ends. Thread-safe (predict's workers)."""
+
+    def __init__(self, description: str, total: int | None = None) -> None:
+        import threading
+
+        self.description, self.total = description, total
+        self.done, self.label = 0, ""
+        self.start = self.last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def advance(self, n: int = 1) -> None:
+        with self._lock:
+            self.done += n
+            self._maybe_write()
+
+    def update(self, label: str, done: int, total: int) -> None:
+        with self._lock:
+            self.label, self.done, self.total = label, done, total
+            self._maybe_write()
+
+    def _maybe_write(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= LOG_INTERVAL_S:
+            self.last = now
+            self.write()
+
+    def write(self) -> None:
+        if self.total:
+            counted = f"{self.done}/{self.total} ({100.0 * self.done / self.total:.0f}%)"
+        else:
+            counted = str(self.done)
+        label = f" {self.label}" if self.label else ""
+        elapsed = time.monotonic() - self.start
+        print(f"{self.description}: {counted}{label}, {elapsed:.1f} s", file=console.file, flush=True)
+
+
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; a no-op when disabled."""
+    """Yield ``advance(n)``; a no-op when disabled; plain log lines when stderr is not a terminal."""
     if not enabled:
         yield lambda n: None
+        return
+    if not console.is_terminal:
+        log = LineLog(description, total)
+        yield log.advance
+        log.write()
         return
     with Progress(*_columns(), console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
@@ -47,6 +96,11 @@ def count_progress(description: str, enabled: bool = True) -> Iterator[Callable[
     """Yield ``update(label, done, total)`` for work whose total is only known once it starts."""
     if not enabled:
         yield lambda label, done, total: None
+        return
+    if not console.is_terminal:
+        log = LineLog(description)
+        yield log.update
+        log.write()
         return
     with Progress(*_columns(), TextColumn("{task.fields[label]}"), console=console) as bar:
         task = bar.add_task(description, total=None, label="")
