@@ -284,6 +284,27 @@ CASES = [
         lambda e: ["sweep", "--data", str(e.data), "--out", e.p("x"), "--workers", "-1"],
         "workers",
     ),
+    Case("fit", "`--train-fraction 1.5`", _fit("--train-fraction", "1.5"), "training fraction"),
+    Case("fit", "`--augment sideways`", _fit("--augment", "sideways"), "unknown augmentation"),
+    Case("fit", "`--dataset voc`", _fit("--dataset", "voc"), "unknown dataset layout"),
+    Case(
+        "select",
+        "`--criterion auc`",
+        lambda e: ["select", "--data", str(e.data), "--out", e.p("x"), "--criterion", "auc"],
+        "unknown criterion",
+    ),
+    Case(
+        "select",
+        "P_h with an image-only detector (`--detector dn2`)",
+        lambda e: ["select", "--data", str(e.data), "--out", e.p("x"), "--detector", "dn2"],
+        "p_cls",
+    ),
+    Case(
+        "analyze",
+        "a folder that holds no sweep",
+        lambda e: ["analyze", str(e.data), "--out", e.p("x")],
+        "not a sweep folder",
+    ),
     # -- model files --
     Case("predict", "a model file that does not exist", _predict(lambda e: e.p("none.stratad")), "not found"),
     Case(
