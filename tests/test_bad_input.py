@@ -284,7 +284,12 @@ CASES = [
         lambda e: ["sweep", "--data", str(e.data), "--out", e.p("x"), "--workers", "-1"],
         "workers",
     ),
-    Case("fit", "`--train-fraction 1.5`", _fit("--train-fraction", "1.5"), "training fraction"),
+    Case(
+        "fit",
+        "`--train-fraction 0.5` on MVTec AD (which has its own split)",
+        _fit("--train-fraction", "0.5"),
+        "drop --train-fraction",
+    ),
     Case("fit", "`--augment sideways`", _fit("--augment", "sideways"), "unknown augmentation"),
     Case("fit", "`--dataset voc`", _fit("--dataset", "voc"), "unknown dataset layout"),
     Case(

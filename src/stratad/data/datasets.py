@@ -227,6 +227,11 @@ def load_dataset(
     kind = DatasetKind(kind)
     if kind is DatasetKind.auto:
         kind = detect_kind(path)
+    if train_fraction is not None and kind is DatasetKind.mvtec:
+        raise DataError(
+            f"{path} is in MVTec AD layout, whose train/ and test/ folders are the split; "
+            "drop --train-fraction"
+        )
     loaders: dict[DatasetKind, Callable[[], DatasetSplit]] = {
         DatasetKind.mtd: lambda: load_mtd(path, seed, 0.6 if train_fraction is None else train_fraction),
         DatasetKind.mvtec: lambda: load_mvtec(path, category),
