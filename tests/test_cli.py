@@ -47,6 +47,8 @@ def test_fit_predict_evaluate_end_to_end(tiny_mvtec: Path, tmp_path: Path) -> No
         str(tiny_mvtec / "test" / "spot"),
         "--out",
         str(maps),
+        "--maps",
+        "npy",
         "--no-progress",
     )
     assert pred.returncode == 0, pred.stderr
@@ -54,7 +56,7 @@ def test_fit_predict_evaluate_end_to_end(tiny_mvtec: Path, tmp_path: Path) -> No
     assert len(npys) == 4 and np.load(npys[0]).shape == (64, 64)
     assert len(list(maps.glob("*.png.overlay.png"))) == 4
     rows = [line for line in (maps / "scores.csv").read_text().splitlines() if not line.startswith("#")]
-    assert rows[0] == "image,score,map,overlay" and len(rows) == 5
+    assert rows[0] == "image,score,map,map_min,map_max,overlay" and len(rows) == 5
     out = tmp_path / "metrics.json"
     ev = run(
         "evaluate", "--model", str(model), "--data", str(tiny_mvtec), "--json", str(out), "--no-progress"

@@ -107,7 +107,14 @@ def test_predict_runs_the_exported_file(tiny_mvtec: Path, tmp_path: Path) -> Non
     spot = str(tiny_mvtec / "test" / "spot")
     for name in ("m.stratad", "m.onnx"):
         done = stratad(
-            "predict", "--model", str(tmp_path / name), spot, "--out", str(tmp_path / f"out_{name}")
+            "predict",
+            "--model",
+            str(tmp_path / name),
+            spot,
+            "--out",
+            str(tmp_path / f"out_{name}"),
+            "--maps",
+            "npy",
         )
         assert done.returncode == 0, done.stderr
     from tests.test_reliability import _rows

@@ -209,7 +209,7 @@ def test_4_outputs_are_unique_streamed_and_tied_to_their_model(tmp_path: Path) -
     Image.open(spot[2]).save(images / "b.png")
     out = tmp_path / "out"
     assert (
-        stratad("predict", "--model", str(model), str(images), "--out", str(out), "--no-progress").returncode
+        stratad("predict", "--model", str(model), str(images), "--out", str(out), "--maps", "npy").returncode
         == 0
     )
     rows = _rows(out / "scores.csv")
@@ -260,6 +260,8 @@ def test_5_non_utf8_file_name(tmp_path: Path) -> None:
             str(folder),
             "--out",
             str(out),
+            "--maps",
+            "npy",
         ],
         capture_output=True,
         timeout=600,
@@ -399,3 +401,33 @@ def test_10_score_alone_equals_score_in_a_batch(tiny_mvtec: Path, detector: str)
         if together.maps is not None:
             assert alone.maps is not None
             np.testing.assert_array_equal(alone.maps[0], together.maps[i])
+
+
+def test_4_map_formats_recursive_folders_and_png16_round_trip(tmp_path: Path) -> None:
+    from stratad.workflows import read_png16_map
+
+    data = make_mvtec(tmp_path / "d")
+    model = tmp_path / "m.stratad"
+    _pipe().fit(load_dataset(data, "mvtec").train).save(model)
+    test = str(data / "test")  # MVTec's test/<defect>/000.png: the same names in two sub-folders
+    outs = {fmt: tmp_path / fmt for fmt in ("png16", "npy", "none")}
+    for fmt, out in outs.items():
+        args = ["predict", "--model", str(model), test, "--out", str(out), "--recursive", "--maps", fmt]
+        done = stratad(*args, *(["--no-overlays"] if fmt == "none" else []))
+        assert done.returncode == 0, done.stderr
+    rows = {fmt: _rows(out / "scores.csv") for fmt, out in outs.items()}
+    assert [r["image"] for r in rows["png16"]] == [r["image"] for r in rows["npy"]]
+    assert len(rows["png16"]) == 8 and (outs["png16"] / "good" / "000.png.map.png").is_file()
+    assert (outs["png16"] / "spot" / "000.png.map.png").is_file()  # same file name, no collision
+    for png_row, npy_row in zip(rows["png16"], rows["npy"], strict=True):
+        exact = np.load(outs["npy"] / npy_row["map"])
+        low, high = float(png_row["map_min"]), float(png_row["map_max"])
+        decoded = read_png16_map(outs["png16"] / png_row["map"], low, high)
+        step = (high - low) / 65535
+        assert decoded.shape == exact.shape and np.abs(decoded - exact).max() <= step / 2 + 1e-6 * high
+        assert png_row["score"] == npy_row["score"]
+    assert all(r["map"] == "" and r["overlay"] == "" for r in rows["none"])
+    assert not list(outs["none"].rglob("*.png")) and not list(outs["none"].rglob("*.npy"))
+    png_bytes = sum(p.stat().st_size for p in outs["png16"].rglob("*.map.png"))
+    npy_bytes = sum(p.stat().st_size for p in outs["npy"].rglob("*.npy"))
+    assert png_bytes < npy_bytes

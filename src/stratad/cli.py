@@ -17,6 +17,7 @@ from rich.table import Table
 from stratad._progress import console, count_progress, progress_bar, results
 from stratad.data.datasets import MissingMasks
 from stratad.errors import StratadError
+from stratad.workflows import MapFormat
 
 app = typer.Typer(
     add_completion=False,
@@ -181,16 +182,24 @@ def predict(
     model: Annotated[Path, typer.Option("--model", help="model file written by `stratad fit`")],
     images: Annotated[Path, typer.Argument(help="an image file or a folder of images")],
     out: Annotated[Path, typer.Option("--out", help="output folder for overlays, .npy maps and scores.csv")],
+    maps: Annotated[
+        MapFormat,
+        typer.Option(help="map files: png16 (16-bit PNG, range in scores.csv), npy (float32), none"),
+    ] = MapFormat.png16,
+    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="write heatmap overlays")] = True,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="every image in the folder tree (names keep the sub-folders)")
+    ] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: as fitted, else cpu)")] = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Score images: <name>.npy float maps at original size, <name>.overlay.png, scores.csv (streamed)."""
+    """Score images: maps at original size, heatmap overlays, scores.csv (streamed as images are scored)."""
     from stratad.data import images_in
     from stratad.workflows import predict_to_folder
 
-    total = len(images_in(images))
+    total = len(images_in(images, recursive=recursive))
     with progress_bar("scoring", total, progress) as advance:
-        summary = predict_to_folder(model, images, out, device, advance)
+        summary = predict_to_folder(model, images, out, device, advance, maps, overlays, recursive)
     console.print(f"scored {summary.n_images} images -> {out}")
 
 

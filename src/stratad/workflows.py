@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import enum
 import hashlib
 import io
 import os
@@ -16,7 +17,39 @@ import numpy as np
 from stratad.errors import StratadError
 
 SCORES_FILE = "scores.csv"
-SCORE_COLUMNS = ("image", "score", "map", "overlay")
+SCORE_COLUMNS = ("image", "score", "map", "map_min", "map_max", "overlay")
+
+
+class MapFormat(str, enum.Enum):
+    """How ``predict`` writes each anomaly map (at the image's own size)."""
+
+    #: no map file
+    none = "none"
+    #: 16-bit grey PNG; the float map is ``map_min + value / 65535 * (map_max - map_min)`` with the two
+    #: numbers of its row in scores.csv (quantisation step ``(map_max - map_min) / 65535``)
+    png16 = "png16"
+    #: float32 NumPy array
+    npy = "npy"
+
+
+def encode_png16(anomaly_map: np.ndarray) -> tuple[bytes, float, float]:
+    """16-bit PNG bytes of a float map scaled to its own range, and that range (min, max)."""
+    from stratad.report.overlay import encode_png
+
+    low, high = float(anomaly_map.min()), float(anomaly_map.max())
+    span = high - low
+    scaled = np.zeros(anomaly_map.shape, np.float64) if span <= 0 else (anomaly_map - low) / span
+    return encode_png(np.rint(scaled * 65535.0).astype(np.uint16)), low, high
+
+
+def read_png16_map(path: str | Path, map_min: float, map_max: float) -> np.ndarray:
+    """The float32 map written by ``predict --maps png16`` (``map_min`` / ``map_max`` from scores.csv)."""
+    import cv2
+
+    values = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if values is None or values.dtype != np.uint16:
+        raise StratadError(f"{path} is not a 16-bit map written by `stratad predict --maps png16`")
+    return (map_min + values.astype(np.float64) / 65535.0 * (map_max - map_min)).astype(np.float32)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -95,18 +128,24 @@ def predict_to_folder(
     out: str | Path,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
+    maps: MapFormat | str = MapFormat.png16,
+    overlays: bool = True,
+    recursive: bool = False,
 ) -> PredictSummary:
-    """Score an image or a folder of images with a saved model and write, into ``out``: per image a
-    float32 map at the image's own size (``<name>.npy``) and a heatmap overlay (``<name>.overlay.png``),
-    named after the input with its extension (``a.jpg.npy``), and ``scores.csv``, whose header says
-    which model and input produced it and whose rows are appended as images are scored (a crash keeps
-    what was scored). A folder holding another model's or another input's predictions is refused.
+    """Score an image or a folder of images (``recursive``: the whole tree) with a saved model and
+    write, into ``out``: per image its map at the image's own size (``maps``: a 16-bit PNG
+    ``<name>.map.png`` with its range in scores.csv, a float32 ``<name>.npy``, or none) and a heatmap
+    overlay (``<name>.overlay.png``), named after the input with its relative path and extension
+    (``sub/a.jpg.npy``), and ``scores.csv``, whose header says which model and input produced it and
+    whose rows are appended as images are scored (a crash keeps what was scored). A folder holding
+    another model's or another input's predictions is refused.
     """
     from stratad.data import images_in
     from stratad.export.io import check_output_folder
 
     model, source, out = Path(model), Path(source).expanduser(), Path(out)
-    paths = images_in(source)
+    fmt = MapFormat(maps)
+    paths = images_in(source, recursive=recursive)
     check_output_folder(out)
     pipe = load_model(model, device)
     model_sha = file_sha256(model)
@@ -133,17 +172,27 @@ def predict_to_folder(
             pred = pipe.predict(chunk)
             for i, path in enumerate(chunk):
                 name = names[start + i]
-                map_file = overlay_file = ""
+                map_file = overlay_file = map_min = map_max = ""
                 if pred.maps is not None:
-                    map_path = out / name.with_name(name.name + ".npy")
-                    map_path.parent.mkdir(parents=True, exist_ok=True)
-                    _save_npy(map_path, pred.map_at_original_size(i).astype(np.float32))
-                    map_file = display_path(map_path.relative_to(out))
-                    overlay_file = display_path(name.with_name(name.name + ".overlay.png"))
-                    maps_at_input.append(pred.maps[i])
-                writer.writerow(
-                    [display_path(path), repr(float(pred.image_scores[i])), map_file, overlay_file]
-                )
+                    (out / name).parent.mkdir(parents=True, exist_ok=True)
+                    if fmt is MapFormat.npy:
+                        map_path = out / name.with_name(name.name + ".npy")
+                        _save_npy(map_path, pred.map_at_original_size(i).astype(np.float32))
+                        map_file = display_path(map_path.relative_to(out))
+                    elif fmt is MapFormat.png16:
+                        map_path = out / name.with_name(name.name + ".map.png")
+                        data, low, high = encode_png16(pred.map_at_original_size(i))
+                        _write_bytes(map_path, data)
+                        map_file, map_min, map_max = (
+                            display_path(map_path.relative_to(out)),
+                            repr(low),
+                            repr(high),
+                        )
+                    if overlays:
+                        overlay_file = display_path(name.with_name(name.name + ".overlay.png"))
+                        maps_at_input.append(pred.maps[i])
+                score = repr(float(pred.image_scores[i]))  # the float32 score exactly
+                writer.writerow([display_path(path), score, map_file, map_min, map_max, overlay_file])
             handle.flush()  # a crash keeps every row written so far
             all_scores.append(pred.image_scores)
             if progress is not None:
@@ -154,11 +203,14 @@ def predict_to_folder(
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    from stratad.export.io import atomic_write
-
     buffer = io.BytesIO()
     np.save(buffer, array)
-    data = buffer.getvalue()
+    _write_bytes(path, buffer.getvalue())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    from stratad.export.io import atomic_write
+
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 

@@ -242,15 +242,16 @@ def load_dataset(
     return loaders[kind]()
 
 
-def images_in(path: str | Path) -> list[Path]:
-    """Images to predict on: one file, or every image directly inside a folder."""
+def images_in(path: str | Path, recursive: bool = False) -> list[Path]:
+    """Images to predict on: one file, or every image directly inside a folder (``recursive``: in
+    the whole tree, e.g. MVTec AD's ``test/<defect>/000.png``), sorted by relative path."""
     source = Path(path).expanduser()
     if source.is_file():
         if source.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{source} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
         return [source]
     _require_folder(source)
-    found = list_images(source)
+    found = sorted(p for p in source.rglob("*") if is_image_file(p)) if recursive else list_images(source)
     if not found:
         raise DataError(f"no images in {source}")
     return found
