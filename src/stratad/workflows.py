@@ -217,7 +217,10 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def _write_overlays(
     paths: Sequence[Path], names: Sequence[Path], maps: Sequence[np.ndarray], pipe: object, out: Path
 ) -> None:
-    """Overlays share one colour scale over the run, so their colours compare across images."""
+    """Overlays share one colour scale over the run, so their colours compare across images. Two
+    threads: decoding, resizing and PNG encoding (OpenCV, Pillow) release the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from stratad.data import read_image_rgb
     from stratad.pipeline import resize_map
     from stratad.report.overlay import heatmap_overlay, write_png
@@ -225,10 +228,15 @@ def _write_overlays(
     vmin = float(min(m.min() for m in maps))
     vmax = float(max(m.max() for m in maps))
     bit_depth = getattr(getattr(pipe, "config", None), "bit_depth", None)
-    for path, name, small in zip(paths, names, maps, strict=True):
+
+    def write(item: tuple[Path, Path, np.ndarray]) -> None:
+        path, name, small = item
         rgb = read_image_rgb(path, bit_depth)
         full = resize_map(small, rgb.shape[:2])
         write_png(out / name.with_name(name.name + ".overlay.png"), heatmap_overlay(rgb, full, vmin, vmax))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, zip(paths, names, maps, strict=True)))
 
 
 def write_synthetic_set(

@@ -1,0 +1,137 @@
+"""End-to-end `stratad predict` on real-resolution images: images/s for each --maps mode, peak RSS.
+
+The folder: 83 MTD test images upscaled to 900 x 900 PNG (MVTec AD bottle's size; MTD's own images
+are 200-400 px), made once under --work. The model: EfficientNet-Lite0 at 256 px, PatchCore on
+blocks.2 + blocks.4, coreset 1000, fitted on the 571 MTD training images. Each mode runs as the user
+runs it (`python -m stratad predict ...` in a fresh process, overlays on) --repeat times; the JSON
+keeps the median, with and without the process start (the time to the first "scoring" progress line
+is not separable from outside, so "excluding start" subtracts the measured time of `stratad --help`).
+
+    .venv/bin/python benchmarks/bench_predict.py --out benchmarks/results/predict_mtd900.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MTD = ROOT.parent / "shared" / "datasets" / "mtd"
+
+
+def make_folder(work: Path, count: int, side: int) -> Path:
+    from PIL import Image
+
+    from stratad.data import load_dataset
+
+    folder = work / f"images_{side}"
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    test = load_dataset(MTD, "mtd").test
+    for i, record in enumerate(test[:: max(1, len(test) // count)][:count]):
+        with Image.open(record.path) as img:
+            img.convert("RGB").resize((side, side), Image.Resampling.BILINEAR).save(folder / f"{i:03d}.png")
+    return folder
+
+
+TIME = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+
+
+def run(args: list[str]) -> tuple[float, float | None]:
+    """Wall seconds and peak RSS (MB; None without GNU time) of one `python -m stratad` process."""
+    prefix = [TIME, "-f", "%M"] if TIME else []
+    t0 = time.perf_counter()
+    proc = subprocess.run([*prefix, sys.executable, "-m", "stratad", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    rss = float(proc.stderr.strip().splitlines()[-1]) / 1024 if TIME else None
+    return wall, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_mtd900.json")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_predict")
+    parser.add_argument("--count", type=int, default=83)
+    parser.add_argument("--side", type=int, default=900)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not (MTD / "MT_Free").is_dir():
+        sys.exit(f"needs the MTD dataset at {MTD}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(args.work, args.count, args.side)
+    model = args.work / "patchcore.stratad"
+    if not model.is_file():
+        run(["fit", "--data", str(MTD), "--out", str(model), "-p", "coreset_size=1000", "--no-progress"])
+    start_s = statistics.median(run(["--help"])[0] for _ in range(args.repeat))
+    rows = []
+    for maps in ("none", "png16", "npy"):
+        walls: list[float] = []
+        rss: list[float | None] = []
+        for rep in range(args.repeat):
+            out = args.work / f"out_{maps}_{rep}"
+            shutil.rmtree(out, ignore_errors=True)
+            wall, peak = run(
+                [
+                    "predict",
+                    "--model",
+                    str(model),
+                    str(folder),
+                    "--out",
+                    str(out),
+                    "--maps",
+                    maps,
+                    "--no-progress",
+                ]
+            )
+            walls.append(wall)
+            rss.append(peak)
+        files = [p for p in out.rglob("*") if p.is_file() and p.name != "scores.csv"]
+        map_bytes = sum(p.stat().st_size for p in files if not p.name.endswith(".overlay.png"))
+        overlay_bytes = sum(p.stat().st_size for p in files if p.name.endswith(".overlay.png"))
+        wall = statistics.median(walls)
+        row = {
+            "maps": maps,
+            "images": args.count,
+            "wall_seconds_median": round(wall, 2),
+            "images_per_second_with_start": round(args.count / wall, 2),
+            "images_per_second_without_start": round(args.count / max(wall - start_s, 1e-9), 2),
+            "peak_rss_mb": None if None in rss else round(max(r for r in rss if r is not None), 1),
+            "map_bytes_per_image": round(map_bytes / args.count),
+            "overlay_bytes_per_image": round(overlay_bytes / args.count),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    try:
+        import anomalib  # noqa: F401
+
+        anomalib_note = "installed, but no anomalib comparison is scripted here yet"
+    except ImportError:
+        anomalib_note = "not installed: no comparison run"
+    result = {
+        "benchmark": "predict_end_to_end",
+        "cpu_count": os.cpu_count(),
+        "process_start_seconds": round(start_s, 2),
+        "folder": f"{args.count} MTD test images upscaled to {args.side} x {args.side} PNG",
+        "model": "efficientnet_lite0 256 px, patchcore blocks.2+blocks.4, coreset 1000, 571 MTD train images",
+        "anomalib": anomalib_note,
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
