@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from stratad.data import load_dataset
-from stratad.data.io import image_size_of
-from stratad.evaluation import evaluate_pipeline, load_masks
+from stratad.data.datasets import record_mask
+from stratad.evaluation import evaluate_pipeline
 from stratad.pipeline import Pipeline
 from stratad.selection import EvalSet, SweepConfig, run_sweep, select_features
 from stratad.selection.sweep import load_uint8_images
@@ -42,7 +42,7 @@ MTD = ROOT.parent / "shared" / "datasets" / "mtd"
 
 def real_masks(records: list[Any]) -> list[np.ndarray]:
     """Ground truth at original size, through the one mask loader (a missing mask is an error)."""
-    return load_masks(records, [image_size_of(r.path) for r in records])
+    return [record_mask(r) for r in records]
 
 
 def mean_std(values: list[float]) -> dict[str, float]:

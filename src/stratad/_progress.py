@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -105,3 +106,25 @@ def count_progress(description: str, enabled: bool = True) -> Iterator[Callable[
     with Progress(*_columns(), TextColumn("{task.fields[label]}"), console=console) as bar:
         task = bar.add_task(description, total=None, label="")
         yield lambda label, done, total: bar.update(task, completed=done, total=total, label=label)
+
+
+class Reporter:
+    """How a workflow reports long work: progress bars (plain log lines when standard error is not
+    a terminal) and one-line notes on standard error. ``Reporter()`` is silent (library use, tests);
+    the command line passes ``Reporter(bars=..., notes=True)``."""
+
+    def __init__(self, bars: bool = False, notes: bool = False) -> None:
+        self.bars, self.notes = bars, notes
+
+    def bar(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        return progress_bar(description, total, self.bars)
+
+    def count(self, description: str) -> AbstractContextManager[Callable[[str, int, int], None]]:
+        return count_progress(description, self.bars)
+
+    def status(self, description: str) -> AbstractContextManager[Any]:
+        return console.status(description) if self.bars and console.is_terminal else nullcontext()
+
+    def note(self, text: str) -> None:
+        if self.notes:
+            console.print(text)

@@ -8,24 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from stratad.data.datasets import ImageRecord, MissingMasks, pixel_records
-from stratad.data.io import read_mask
-from stratad.errors import MaskError, StratadError
+from stratad.data.datasets import ImageRecord, MissingMasks, pixel_records, record_mask
+from stratad.errors import StratadError
 from stratad.pipeline import Pipeline, Prediction
-
-
-def load_masks(records: Sequence[ImageRecord], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-    """Ground truth at each image's original resolution; good images get an empty mask, and a
-    defective image without a mask file is an error (see :func:`pixel_records`)."""
-    masks = []
-    for record, size in zip(records, sizes, strict=True):
-        if record.mask_path is not None:
-            masks.append(read_mask(record.mask_path, expected_hw=size))
-        elif record.label:
-            raise MaskError(f"no mask found for the defective image {record.path}")
-        else:
-            masks.append(np.zeros(size, dtype=bool))
-    return masks
 
 
 def metrics_for(
@@ -42,7 +27,7 @@ def metrics_for(
     if prediction.maps is None:
         return evaluate(labels, prediction.image_scores, fpr_limit=fpr_limit)
     keep, missing = pixel_records(list(records), missing_masks)
-    masks = load_masks([records[i] for i in keep], [prediction.original_sizes[i] for i in keep])
+    masks = [record_mask(records[i], prediction.original_sizes[i]) for i in keep]
     maps = [prediction.map_at_original_size(i) for i in keep]
     result: dict[str, Any] = evaluate(
         labels, prediction.image_scores, masks, maps, fpr_limit=fpr_limit, pixel_images=keep

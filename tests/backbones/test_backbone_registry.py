@@ -53,7 +53,7 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone() -> None:
     assert _same_weights(a.model, b.model)
     assert not _same_weights(a.model, c.model)
     assert not a.model.training
-    assert a.source is BackboneSource.TORCHVISION and a.source == "torchvision"
+    assert a.source is BackboneSource.torchvision and a.source == "torchvision"
     assert (a.mean, a.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert a.weights == "random (seed 3)"
 

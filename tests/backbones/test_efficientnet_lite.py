@@ -18,7 +18,7 @@ IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian 
 @pytest.mark.parametrize("variant", [0, 1, 2])
 def test_imagenet_weights_recognise_a_tabby_cat(variant: int) -> None:
     backbone = build_backbone(f"efficientnet_lite{variant}")
-    assert backbone.source is BackboneSource.TIMM
+    assert backbone.source is BackboneSource.timm
     assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
     assert backbone.native_size == {0: 224, 1: 240, 2: 260}[variant]
     image = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255

@@ -44,7 +44,7 @@ def tiny_backbone() -> Iterator[str]:
             mean=registry.IMAGENET_MEAN,
             std=registry.IMAGENET_STD,
             weights="random",
-            source=BackboneSource.TORCHVISION,
+            source=BackboneSource.torchvision,
             stages=("s1", "s2", "s3", "s4"),
             pooled="pool",
         )

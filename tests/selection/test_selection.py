@@ -38,7 +38,7 @@ if "twin_test" not in list_backbones():
     @register_backbone("twin_test")
     def twin_test(weights: WeightSource) -> Backbone:
         return Backbone(
-            "twin_test", Twin(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", BackboneSource.TORCHVISION
+            "twin_test", Twin(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", BackboneSource.torchvision
         )
 
 

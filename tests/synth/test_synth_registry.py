@@ -24,7 +24,7 @@ from stratad.synth import (
 def test_every_kind_is_registered() -> None:
     assert list_defect_kinds() == sorted(kind.value for kind in DefectKind) == ["cutpaste", "nsa", "simple"]
     assert defect_class("simple") is SimpleDefect
-    assert defect_class(DefectKind.CUTPASTE) is CutPasteDefect
+    assert defect_class(DefectKind.cutpaste) is CutPasteDefect
     assert defect_class(" NSA ") is NSADefect
 
 
@@ -32,7 +32,7 @@ def test_build_uses_defaults_and_overrides() -> None:
     gen = build_defect("simple")
     assert isinstance(gen, SimpleDefect)
     assert gen.config == SimpleConfig()
-    gen = build_defect(DefectKind.CUTPASTE, area_fraction_range=(0.05, 0.1))
+    gen = build_defect(DefectKind.cutpaste, area_fraction_range=(0.05, 0.1))
     assert gen.config == CutPasteConfig(area_fraction_range=(0.05, 0.1))
     gen = build_defect("nsa", NSAConfig(max_patches=1), change_threshold=5)
     assert gen.config.max_patches == 1
@@ -43,7 +43,7 @@ def test_cli_strings_are_coerced() -> None:
     gen = build_defect("nsa", **{"patch-side-fraction-range": "0.2, 0.3", "foreground": "off"})
     assert gen.config.patch_side_fraction_range == (0.2, 0.3)
     assert gen.config.foreground is False
-    assert build_defect("nsa", clone_mode="mixed").config.clone_mode is CloneMode.MIXED
+    assert build_defect("nsa", clone_mode="mixed").config.clone_mode is CloneMode.mixed
     assert build_defect("nsa", max_patches="2").config.max_patches == 2
 
 

@@ -117,10 +117,10 @@ def read_lite_imagenet_weights(variant: int) -> tuple[StateDict, str]:
 def _lite_backbone(variant: int, weights: WeightSource) -> Backbone:
     name = f"efficientnet_lite{variant}"
     model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
-    if weights.kind is WeightsKind.RANDOM:
+    if weights.kind is WeightsKind.random:
         description = "random"
     else:
-        if weights.kind is WeightsKind.IMAGENET:
+        if weights.kind is WeightsKind.imagenet:
             state, location = read_lite_imagenet_weights(variant)
             description = f"imagenet ({_package_name(variant)}, {location})"
             origin = Path(location)
@@ -137,7 +137,7 @@ def _lite_backbone(variant: int, weights: WeightSource) -> Backbone:
         mean=LITE_MEAN,
         std=LITE_STD,
         weights=description,
-        source=BackboneSource.TIMM,
+        source=BackboneSource.timm,
         native_size=_NATIVE_SIZE[variant],
         stages=tuple(f"blocks.{i}" for i in range(len(model.blocks))),  # type: ignore[arg-type]
         pooled="global_pool",

@@ -60,7 +60,7 @@ def _architecture_key(backbone: Backbone) -> tuple[str, str]:
 
 
 def _tracer_kwargs(backbone: Backbone) -> dict[str, Any] | None:
-    if backbone.source is BackboneSource.TIMM:
+    if backbone.source is BackboneSource.timm:
         # The same registries timm.layers.create_feature_extractor passes to torchvision's tracer.
         from timm.layers import get_notrace_functions, get_notrace_modules
 

@@ -29,14 +29,14 @@ WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
 class BackboneSource(str, Enum):
     """Which library defines the architecture; it decides how torch.fx traces the model."""
 
-    TIMM = "timm"
-    TORCHVISION = "torchvision"
+    timm = "timm"
+    torchvision = "torchvision"
 
 
 class WeightsKind(Enum):
-    IMAGENET = "imagenet"
-    RANDOM = "random"
-    FILE = "file"
+    imagenet = "imagenet"
+    random = "random"
+    file = "file"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class WeightSource:
     @classmethod
     def parse(cls, weights: str | os.PathLike[str]) -> WeightSource:
         text = os.fspath(weights)
-        if text.lower() in (WeightsKind.IMAGENET.value, WeightsKind.RANDOM.value):
+        if text.lower() in (WeightsKind.imagenet.value, WeightsKind.random.value):
             return cls(WeightsKind(text.lower()))
         path = Path(text).expanduser()
         if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
@@ -62,7 +62,7 @@ class WeightSource:
             raise WeightsNotFoundError(
                 f"weights file {path} does not exist; pass an existing file, 'imagenet' or 'random'."
             )
-        return cls(WeightsKind.FILE, path)
+        return cls(WeightsKind.file, path)
 
 
 @dataclass(eq=False)
@@ -124,7 +124,7 @@ def build_backbone(name: str, weights: str | os.PathLike[str] = "imagenet", seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = builder(source)
-    if source.kind is WeightsKind.RANDOM:
+    if source.kind is WeightsKind.random:
         backbone = replace(backbone, weights=f"random (seed {seed})")
     backbone.model.eval()
     return backbone

@@ -56,10 +56,10 @@ def _torchvision_backbone(
     pooled: str | None = None,
 ) -> Backbone:
     model = constructor(weights=None)
-    if weights.kind is WeightsKind.RANDOM:
+    if weights.kind is WeightsKind.random:
         description = "random"
     else:
-        if weights.kind is WeightsKind.IMAGENET:
+        if weights.kind is WeightsKind.imagenet:
             path = require_hub_checkpoint(imagenet.url, name)
             description = f"imagenet ({type(imagenet).__name__}.{imagenet.name}, {path})"
         else:
@@ -74,7 +74,7 @@ def _torchvision_backbone(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         weights=description,
-        source=BackboneSource.TORCHVISION,
+        source=BackboneSource.torchvision,
         native_size=native_size,
         stages=stages,
         pooled=pooled,

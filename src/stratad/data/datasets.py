@@ -59,6 +59,29 @@ def pixel_records(
     return keep, missing
 
 
+def record_mask(
+    record: ImageRecord, image_hw: tuple[int, int] | None = None, size: int | None = None
+) -> np.ndarray:
+    """THE mask loader: the ground truth of ``record`` as bool (H, W) at its image's resolution
+    (``image_hw``, read from the image header when None), or resized to ``size`` x ``size`` (nearest
+    neighbour after binarising). Good images get an empty mask; a defective image without a mask is
+    an error (see :func:`pixel_records` for leaving such images out)."""
+    from PIL import Image
+
+    from stratad.data.io import image_size_of, read_mask
+
+    if record.mask_path is None:
+        if record.label:
+            raise MaskError(f"no mask found for the defective image {record.path}")
+        hw = (size, size) if size is not None else (image_hw or image_size_of(record.path))
+        return np.zeros(hw, dtype=bool)
+    mask = read_mask(record.mask_path, expected_hw=image_hw or image_size_of(record.path))
+    if size is None or mask.shape == (size, size):
+        return mask
+    pil = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(pil) > 127
+
+
 class DatasetKind(str, enum.Enum):
     auto = "auto"
     mvtec = "mvtec"
@@ -240,6 +263,21 @@ def load_dataset(
         ),
     }
     return loaders[kind]()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSource:
+    """Where a dataset lies and how it is split: what ``--data``, ``--dataset``, ``--category``,
+    ``--seed`` and ``--train-fraction`` say on the command line."""
+
+    root: Path
+    kind: DatasetKind = DatasetKind.auto
+    category: str | None = None
+    seed: int = 0
+    train_fraction: float | None = None
+
+    def load(self) -> DatasetSplit:
+        return load_dataset(self.root, self.kind, self.category, self.seed, self.train_fraction)
 
 
 def images_in(path: str | Path, recursive: bool = False) -> list[Path]:

@@ -6,7 +6,7 @@ corrupt JPEG in a folder of thousands is found without a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -165,14 +165,31 @@ def detect_bit_depth(paths: Iterable[str | Path]) -> int:
     return depth
 
 
-def image_to_tensor(image: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, S, S) in [0, 1], resized without cropping (bilinear, antialiased)."""
+def resize_rgb(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """THE resize of stratad's inputs: uint8 (H, W, 3) -> uint8 (S, S, 3) (or (height, width)),
+    bilinear with Pillow's antialiasing, no cropping; unchanged when already at that size."""
     height, width = (size, size) if isinstance(size, int) else size
-    pil = Image.fromarray(image)
-    if pil.size != (width, height):
-        pil = pil.resize((width, height), Image.Resampling.BILINEAR)
-    arr = np.asarray(pil, dtype=np.float32) / 255.0
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def read_image_resized(
+    path: str | Path, size: int | tuple[int, int], bit_depth: int | None = None
+) -> np.ndarray:
+    """THE image loader: :func:`read_image_rgb` then :func:`resize_rgb` (uint8 (S, S, 3))."""
+    return resize_rgb(read_image_rgb(path, bit_depth), size)
+
+
+def image_to_tensor(image: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, S, S) in [0, 1], resized by :func:`resize_rgb`."""
+    arr = resize_rgb(image, size).astype(np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def uint8_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W, 3) images of one size -> one uint8 tensor (N, 3, H, W)."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def load_image(

@@ -87,10 +87,12 @@ def select_features(
 ) -> SelectionResult:
     check_criterion(cfg.detector, criterion)
     split = selection_split(train, seed=cfg.seed)
-    val = build_validation_set(
-        split, defects, cfg.image_size, cfg.seed, cfg.bit_depth, **(defect_params or {})
-    )
     train_images = load_uint8_images(split.fit, cfg.image_size, bit_depth=cfg.bit_depth)
+    # The defects' sources are the D_T images just loaded (the same arrays a re-read would give).
+    sources = [image.permute(1, 2, 0).numpy() for image in train_images]
+    val = build_validation_set(
+        split, defects, cfg.image_size, cfg.seed, cfg.bit_depth, sources, **(defect_params or {})
+    )
     evaluation = EvalSet(val.images, val.labels, list(val.masks))
     settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
     result = sweep_and_choose(
@@ -138,9 +140,8 @@ def real_test_set(
     many defective images without a mask leave the pixel metrics (``missing_masks="exclude"``)."""
     import numpy as np
 
-    from stratad.data.datasets import pixel_records
+    from stratad.data.datasets import pixel_records, record_mask
     from stratad.detectors import detector_class
-    from stratad.selection.validation import resized_mask
 
     if not test:
         raise StratadError("there are no test images to sweep on")
@@ -149,7 +150,7 @@ def real_test_set(
     train_images = load_uint8_images(train, cfg.image_size, load_progress, cfg.bit_depth)
     test_images = load_uint8_images(test, cfg.image_size, load_progress, cfg.bit_depth)
     labels = np.array([r.label for r in test])
-    masks = [resized_mask(test[i], cfg.image_size) for i in keep] if localizes else []
+    masks = [record_mask(test[i], size=cfg.image_size) for i in keep] if localizes else []
     return (
         train_images,
         EvalSet(test_images, labels, masks, np.array(keep) if missing else None),

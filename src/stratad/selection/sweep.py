@@ -116,14 +116,14 @@ def load_uint8_images(
     progress: Callable[[int], None] | None = None,
     bit_depth: int | None = None,
 ) -> torch.Tensor:
-    from stratad.selection.validation import resized_rgb, to_tensor
+    from stratad.data.io import read_image_resized, uint8_batch
 
     out = []
     for p in paths:
-        out.append(resized_rgb(p, size, bit_depth))
+        out.append(read_image_resized(getattr(p, "path", p), size, bit_depth))
         if progress is not None:
             progress(1)
-    return to_tensor(out)
+    return uint8_batch(out)
 
 
 def read_header(path: Path) -> list[str] | None:

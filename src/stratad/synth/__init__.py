@@ -21,7 +21,7 @@ from stratad.synth.base import (
 from stratad.synth.cutpaste import CutPasteConfig, CutPasteDefect
 from stratad.synth.foreground import foreground_mask
 from stratad.synth.nsa import CloneMode, NSAConfig, NSADefect
-from stratad.synth.sets import make_synthetic_set
+from stratad.synth.sets import make_defects, make_synthetic_set
 from stratad.synth.simple import SimpleConfig, SimpleDefect
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "defect_class",
     "foreground_mask",
     "list_defect_kinds",
+    "make_defects",
     "make_synthetic_set",
     "register_defect",
 ]

@@ -26,9 +26,9 @@ from stratad.registry import Registry
 class DefectKind(str, enum.Enum):
     """The synthetic defect kinds stratad ships."""
 
-    SIMPLE = "simple"
-    CUTPASTE = "cutpaste"
-    NSA = "nsa"
+    simple = "simple"
+    cutpaste = "cutpaste"
+    nsa = "nsa"
 
 
 @dataclass(frozen=True, eq=False)

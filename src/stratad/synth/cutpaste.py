@@ -57,7 +57,7 @@ class CutPasteDefect(DefectGenerator):
     """Paste a random crop of ``source`` (``None``: the target itself, as in the paper) at a random
     position of the target; the mask is the paste rectangle."""
 
-    kind: ClassVar[DefectKind] = DefectKind.CUTPASTE
+    kind: ClassVar[DefectKind] = DefectKind.cutpaste
     config_class: ClassVar[type[DefectConfig]] = CutPasteConfig
     config: CutPasteConfig
 

@@ -42,8 +42,8 @@ class CloneMode(str, enum.Enum):
     """Poisson blending variant: ``normal`` takes the patch's gradients (the paper's NSA), ``mixed``
     the stronger of patch and target gradient at each pixel (the paper's NSA-M)."""
 
-    NORMAL = "normal"
-    MIXED = "mixed"
+    normal = "normal"
+    mixed = "mixed"
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class NSAConfig(DefectConfig):
     max_patches: int = 3
     patch_side_fraction_range: tuple[float, float] = (0.1, 0.4)
     scale_range: tuple[float, float] = (0.7, 1.3)
-    clone_mode: CloneMode = CloneMode.NORMAL
+    clone_mode: CloneMode = CloneMode.normal
     foreground: bool = True
     foreground_threshold: float = 20.0
     min_foreground_fraction: float = 0.25
@@ -111,7 +111,7 @@ class NSADefect(DefectGenerator):
     stain, which the paper keeps as a plausible defect too.
     """
 
-    kind: ClassVar[DefectKind] = DefectKind.NSA
+    kind: ClassVar[DefectKind] = DefectKind.nsa
     config_class: ClassVar[type[DefectConfig]] = NSAConfig
     min_image_side: ClassVar[int] = 16
     config: NSAConfig
@@ -216,7 +216,7 @@ class NSADefect(DefectGenerator):
         center = (tx + bx + bw // 2, ty + by + bh // 2)
         region = np.zeros((height, width), dtype=bool)
         region[box] = clone > 0
-        flag = cv2.NORMAL_CLONE if cfg.clone_mode is CloneMode.NORMAL else cv2.MIXED_CLONE
+        flag = cv2.NORMAL_CLONE if cfg.clone_mode is CloneMode.normal else cv2.MIXED_CLONE
         try:
             # OpenCV rewrites the mask argument in place, hence the copy.
             blended = cv2.seamlessClone(np.ascontiguousarray(patch), current, clone.copy(), center, flag)

@@ -41,7 +41,7 @@ class SimpleDefect(DefectGenerator):
     ``source`` is ignored.
     """
 
-    kind: ClassVar[DefectKind] = DefectKind.SIMPLE
+    kind: ClassVar[DefectKind] = DefectKind.simple
     config_class: ClassVar[type[DefectConfig]] = SimpleConfig
     config: SimpleConfig
 

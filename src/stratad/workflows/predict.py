@@ -246,14 +246,13 @@ def write_synthetic_set(
     ``image_size``), written as ``out/images/<kind>_<i>.png`` with exact masks in ``out/masks/``.
     Targets and sources are drawn by :func:`stratad.synth.make_synthetic_set` (every image used as
     target equally often, the source another image). Folders are made with the first file."""
-    from stratad.data.io import detect_bit_depth
+    from stratad.data.io import detect_bit_depth, read_image_resized
     from stratad.report.overlay import write_png
-    from stratad.selection.validation import resized_rgb
     from stratad.synth import build_defect, make_synthetic_set
 
     build_defect(kind)  # an unknown kind fails before any image is read
     bit_depth = detect_bit_depth(_record_path(r) for r in train)
-    images = [resized_rgb(r, image_size, bit_depth) for r in train]
+    images = [read_image_resized(_record_path(r), image_size, bit_depth) for r in train]
     defects = make_synthetic_set(images, kind, n, np.random.default_rng(seed))
     written = []
     for i, made in enumerate(defects):
