@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
+from typer.testing import CliRunner
 
+from stratad.cli import grouped
 from tests.clirun import CliResult, error_line, stratad
 
 
@@ -128,3 +132,36 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
         refused = run("sweep", "--data", str(data), "--out", str(tmp_path / "y"), option, value)
         assert_clean_error(refused, message)
         assert not (tmp_path / "y").exists()  # refused before anything was written
+
+
+def test_option_groups_reach_every_group_once_declared() -> None:
+    """An option declared by two groups (``--seed``) appears once and reaches both; the command
+    receives what each group returns; typer's own runner parses it like the real CLI."""
+
+    def first(seed: Annotated[int, typer.Option()] = 0, size: Annotated[int, typer.Option()] = 8) -> tuple:
+        return ("first", seed, size)
+
+    def second(seed: Annotated[int, typer.Option()] = 0) -> tuple:
+        return ("second", seed)
+
+    app = typer.Typer()
+
+    @app.command()
+    @grouped(a=first, b=second)
+    def show(a: tuple, name: Annotated[str, typer.Option()], b: tuple) -> None:
+        print(a, name, b)
+
+    @app.command()
+    def other() -> None:  # a second command, so typer keeps the command name
+        pass
+
+    result = CliRunner().invoke(app, ["show", "--seed", "7", "--size", "3", "--name", "x"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "('first', 7, 3) x ('second', 7)"
+    help_text = CliRunner().invoke(app, ["show", "--help"]).output
+    assert help_text.count("--seed") == 1
+
+
+def test_usage_errors_are_one_line_with_the_command_help_named() -> None:
+    line = error_line(run("evaluate", "--data", "x"))
+    assert line == "error: Missing option '--model' (see `stratad evaluate --help`)"

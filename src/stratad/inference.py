@@ -91,6 +91,16 @@ def inference_model(pipeline: Pipeline) -> InferenceModel:
 PARITY_TOLERANCE = 1e-4
 
 
+def export_model(model: str | Path, out: str | Path, check: bool = True) -> dict[str, float]:
+    """``stratad export``: load a ``.stratad`` model file and write it as ONNX (see :func:`export_onnx`);
+    the output path is checked before the model is loaded."""
+    from stratad.export.io import check_output_file
+    from stratad.pipeline import Pipeline
+
+    check_output_file(Path(out), "model.onnx")
+    return export_onnx(Pipeline.load(model, device="cpu"), out, check=check)
+
+
 def export_onnx(
     pipeline: Pipeline, path: str | Path, opset: int = 17, check: bool = True
 ) -> dict[str, float]:

@@ -185,3 +185,13 @@ def config_to_dict(config: DetectorConfig) -> dict[str, Any]:
 def coerce_params(config_class: type[DetectorConfig], params: Mapping[str, Any]) -> dict[str, Any]:
     name = next((n for n in DETECTORS.names() if DETECTORS.get(n).config_class is config_class), "this")
     return coerce_options(config_class, params, DetectorError, f"the {name} detector")
+
+
+def describe_detectors() -> list[str]:
+    """One line per registered detector: name, what it scores, and its options with their defaults."""
+    lines = []
+    for name in list_detectors():
+        cls = detector_class(name)
+        options = ", ".join(f"{k}={v}" for k, v in config_to_dict(cls.config_class()).items())
+        lines.append(f"{name} ({'image + pixel' if cls.localizes else 'image only'}): {options}")
+    return lines

@@ -1,4 +1,8 @@
-"""PNG plots of sweep results (matplotlib, no display needed)."""
+"""PNG plots of sweep results.
+
+matplotlib's object API (``Figure`` without pyplot): no backend is switched and no global figure
+state is touched, so importing or calling this never changes a host application's matplotlib.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 def performance_vs_receptive_field(
@@ -34,7 +35,8 @@ def performance_vs_receptive_field(
     series = {
         label: [(v[0], sum(v[1:]) / len(v[1:])) for v in nodes.values()] for label, nodes in per_node.items()
     }
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for name, pts in sorted(series.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1, label=name)
@@ -46,19 +48,31 @@ def performance_vs_receptive_field(
         ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
 def best_node_histogram(counts: dict[str, int], out: Path, title: str = "") -> Path:
     """Bar chart: for how many categories each node is the best one."""
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(items) + 2), 4.5))
+    fig = Figure(figsize=(max(5.0, 0.35 * len(items) + 2), 4.5))
+    ax = fig.subplots()
     ax.bar(range(len(items)), [v for _, v in items])
     ax.set_xticks(range(len(items)), [k for k, _ in items], rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("categories where best")
     ax.set_title(title or "best node per category")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
+    return out
+
+
+def receptive_field_plot(relative_rf: dict[str, float], out: Path, title: str = "") -> Path:
+    """Relative effective receptive field of each node, in graph order."""
+    fig = Figure(figsize=(max(6.0, 0.08 * len(relative_rf)), 4))
+    ax = fig.subplots()
+    ax.plot(range(len(relative_rf)), list(relative_rf.values()), marker=".")
+    ax.set_xlabel("node (graph order)")
+    ax.set_ylabel("relative receptive field")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
     return out

@@ -63,12 +63,16 @@ def make_defects(
     pool = len(images)
     defects = []
     for t in targets:
+        s: int | None
+        source: np.ndarray | None
         if sources is not None:
-            s: int | None = int(rng.integers(len(sources)))
+            s = int(rng.integers(len(sources)))
             source = sources[s]
+        elif pool == 1:
+            s, source = None, None
         else:
-            s = None if pool == 1 else (t + 1 + int(rng.integers(pool - 1))) % pool
-            source = None if s is None else images[s]
+            s = (t + 1 + int(rng.integers(pool - 1))) % pool
+            source = images[s]
         defect = generator(images[t], source, rng)
         defects.append(dataclasses.replace(defect, target_index=t, source_index=s))
     return defects

@@ -10,11 +10,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stratad._progress import Reporter
 from stratad.errors import StratadError
+
+if TYPE_CHECKING:
+    from stratad.data.datasets import DataSource
 
 SCORES_FILE = "scores.csv"
 SCORE_COLUMNS = ("image", "score", "map", "map_min", "map_max", "overlay")
@@ -131,6 +135,7 @@ def predict_to_folder(
     maps: MapFormat | str = MapFormat.png16,
     overlays: bool = True,
     recursive: bool = False,
+    reporter: Reporter | None = None,
 ) -> PredictSummary:
     """Score an image or a folder of images (``recursive``: the whole tree) with a saved model and
     write, into ``out``: per image its map at the image's own size (``maps``: a 16-bit PNG
@@ -138,7 +143,8 @@ def predict_to_folder(
     overlay (``<name>.overlay.png``), named after the input with its relative path and extension
     (``sub/a.jpg.npy``), and ``scores.csv``, whose header says which model and input produced it and
     whose rows are appended as images are scored (a crash keeps what was scored). A folder holding
-    another model's or another input's predictions is refused.
+    another model's or another input's predictions is refused. ``progress`` is called with the
+    number of images scored; ``reporter`` (the command line) shows a bar over all images.
     """
     from stratad.data import images_in
     from stratad.export.io import check_output_folder
@@ -162,7 +168,11 @@ def predict_to_folder(
     names = output_names(paths, root)
     all_scores: list[np.ndarray] = []
     maps_at_input: list[np.ndarray] = []
-    with open(scores_path, "w", newline="", encoding="utf-8") as handle:
+    reporter = reporter or Reporter()
+    with (
+        reporter.bar("scoring", len(paths)) as advance,
+        open(scores_path, "w", newline="", encoding="utf-8") as handle,
+    ):
         handle.write("\n".join(header) + "\n")
         writer = csv.writer(handle)
         writer.writerow(SCORE_COLUMNS)
@@ -195,6 +205,7 @@ def predict_to_folder(
                 writer.writerow([display_path(path), score, map_file, map_min, map_max, overlay_file])
             handle.flush()  # a crash keeps every row written so far
             all_scores.append(pred.image_scores)
+            advance(len(chunk))
             if progress is not None:
                 progress(len(chunk))
     if maps_at_input:
@@ -240,17 +251,26 @@ def _write_overlays(
 
 
 def write_synthetic_set(
-    train: Sequence[Any], kind: str, n: int, image_size: int, out: str | Path, seed: int = 0
+    train: DataSource | Sequence[Any], kind: str, n: int, image_size: int, out: str | Path, seed: int = 0
 ) -> list[Path]:
     """``n`` synthetic defects of ``kind`` made from the good ``train`` images (resized to
-    ``image_size``), written as ``out/images/<kind>_<i>.png`` with exact masks in ``out/masks/``.
-    Targets and sources are drawn by :func:`stratad.synth.make_synthetic_set` (every image used as
-    target equally often, the source another image). Folders are made with the first file."""
+    ``image_size``; a :class:`DataSource` gives its training split and its seed), written as
+    ``out/images/<kind>_<i>.png`` with exact masks in ``out/masks/``. Targets and sources are drawn by
+    :func:`stratad.synth.make_synthetic_set` (every image used as target equally often, the source
+    another image). Folders are made with the first file."""
+    from stratad.data.datasets import DataSource
     from stratad.data.io import detect_bit_depth, read_image_resized
     from stratad.report.overlay import write_png
     from stratad.synth import build_defect, make_synthetic_set
 
+    if n < 1:
+        raise StratadError(f"--n must be at least 1, got {n}")
+    if image_size < 32:
+        raise StratadError(f"--image-size must be at least 32 pixels, got {image_size}")
     build_defect(kind)  # an unknown kind fails before any image is read
+    if isinstance(train, DataSource):
+        seed = train.seed
+        train = train.load().train
     bit_depth = detect_bit_depth(_record_path(r) for r in train)
     images = [read_image_resized(_record_path(r), image_size, bit_depth) for r in train]
     defects = make_synthetic_set(images, kind, n, np.random.default_rng(seed))

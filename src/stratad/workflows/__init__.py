@@ -1,0 +1,48 @@
+"""What the CLI commands do, as plain functions that tests and benchmarks call too.
+
+Each command of :mod:`stratad.cli` parses its options, calls ONE function of this package and
+prints what it returns; long work reports through a :class:`stratad._progress.Reporter`.
+"""
+
+from __future__ import annotations
+
+from stratad.workflows.fit import FitResult, fit_to_file
+from stratad.workflows.predict import (
+    MapFormat,
+    PredictSummary,
+    encode_png16,
+    file_sha256,
+    load_model,
+    predict_to_folder,
+    read_png16_map,
+    write_synthetic_set,
+)
+from stratad.workflows.study import (
+    SweepRun,
+    analyze_sweeps,
+    check_sweep_setup,
+    evaluate_to_json,
+    receptive_field_report,
+    select_to_folder,
+    sweep_to_folder,
+)
+
+__all__ = [
+    "FitResult",
+    "MapFormat",
+    "PredictSummary",
+    "SweepRun",
+    "analyze_sweeps",
+    "check_sweep_setup",
+    "encode_png16",
+    "evaluate_to_json",
+    "file_sha256",
+    "fit_to_file",
+    "load_model",
+    "predict_to_folder",
+    "read_png16_map",
+    "receptive_field_report",
+    "select_to_folder",
+    "sweep_to_folder",
+    "write_synthetic_set",
+]

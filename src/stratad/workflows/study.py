@@ -1,0 +1,239 @@
+"""``select``, ``sweep``, ``evaluate``, ``analyze`` and ``rf``: which node, how good, and why."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stratad._progress import Reporter
+from stratad.data.datasets import DataSource, MissingMasks
+from stratad.errors import StratadError
+from stratad.selection.select import Criterion, SelectionResult
+from stratad.selection.sweep import SweepConfig
+
+
+def check_sweep_setup(cfg: SweepConfig) -> SweepConfig:
+    """Every sweep setting checked before any work: the config's ranges, the detector and its
+    options, the memory budget, the worker count and the nodes (resolved on the backbone)."""
+    from stratad.backbones import build_backbone, resolve_nodes
+    from stratad.detectors.base import build_seeded_detector
+    from stratad.selection.sweep import (
+        check_sweep_config,
+        memory_budget_bytes,
+        resolve_workers,
+        sweep_detector_params,
+    )
+
+    check_sweep_config(cfg)
+    build_seeded_detector(cfg.detector, sweep_detector_params(cfg), cfg.seed)
+    memory_budget_bytes(cfg)
+    resolve_workers(cfg.workers)
+    resolve_nodes(build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed), cfg.nodes)
+    return cfg
+
+
+def _relative_rf(cfg: SweepConfig, enabled: bool, reporter: Reporter) -> dict[str, float] | None:
+    if not enabled:
+        return None
+    from stratad.backbones import build_backbone, relative_receptive_field
+    from stratad.backbones.receptive import default_cache_dir
+
+    with reporter.status("estimating effective receptive fields"):
+        return relative_receptive_field(
+            build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed),
+            cfg.nodes,
+            image_size=cfg.image_size,
+            cache_dir=default_cache_dir() / "receptive_fields",
+        )
+
+
+def _fix_bit_depth(cfg: SweepConfig, train: Sequence[Any]) -> None:
+    from stratad.data.io import detect_bit_depth
+
+    if cfg.bit_depth is None:
+        cfg.bit_depth = detect_bit_depth(r.path for r in train)
+
+
+@dataclass
+class SweepRun:
+    """What ``select`` / ``sweep`` found: the ranked nodes, and for ``select`` the final model."""
+
+    result: SelectionResult
+    out: Path
+    n_train: int
+    #: the chosen node fitted on all training images (``select --fit-final``)
+    model: Path | None = None
+    #: defective test images left out of the pixel metrics for want of a mask (``sweep``)
+    n_missing_masks: int = 0
+
+
+def select_to_folder(
+    source: DataSource,
+    cfg: SweepConfig,
+    out: str | Path,
+    *,
+    defects: str = "nsa",
+    criterion: Criterion | str = Criterion.p_h,
+    top_k: int = 5,
+    fit_final: bool = True,
+    rf: bool = True,
+    reporter: Reporter | None = None,
+) -> SweepRun:
+    """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
+    ``source`` (Heckler & König); write nodes.csv, selected.json and, with ``fit_final``, the chosen
+    node fitted on all training images as model.stratad."""
+    from stratad.pipeline import Pipeline
+    from stratad.selection import select_features
+    from stratad.selection.select import check_criterion
+    from stratad.synth import build_defect
+
+    reporter = reporter or Reporter()
+    out = Path(out)
+    build_defect(defects)
+    check_criterion(cfg.detector, criterion)
+    if top_k < 1:
+        raise StratadError(f"--top-k must be at least 1, got {top_k}")
+    check_sweep_setup(cfg)
+    split = source.load()
+    _fix_bit_depth(cfg, split.train)
+    relative_rf = _relative_rf(cfg, rf, reporter)
+    with reporter.count("scoring nodes") as update:
+        result = select_features(
+            split.train, cfg, out, defects, criterion, top_k, progress=update, relative_rf=relative_rf
+        )
+    run = SweepRun(result, out, len(split.train))
+    if fit_final:
+        pipe = Pipeline(
+            backbone=cfg.backbone,
+            nodes=[result.node],
+            detector=cfg.detector,
+            image_size=cfg.image_size,
+            weights=cfg.weights,
+            detector_params=cfg.detector_params,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            bit_depth=cfg.bit_depth,
+        )
+        with reporter.bar("final fit", len(split.train)) as advance:
+            pipe.fit(split.train, advance)
+        run.model = out / "model.stratad"
+        pipe.save(run.model)
+    return run
+
+
+def sweep_to_folder(
+    source: DataSource,
+    cfg: SweepConfig,
+    out: str | Path,
+    *,
+    missing_masks: MissingMasks | str = MissingMasks.error,
+    rf: bool = True,
+    top_k: int = 5,
+    reporter: Reporter | None = None,
+) -> SweepRun:
+    """Fit every node of ``cfg`` on the training split of ``source`` and evaluate it on the real
+    test split (nodes.csv, resumable); the best node is chosen as ``select`` chooses."""
+    from stratad.selection.select import default_criterion, real_test_set, sweep_and_choose
+
+    reporter = reporter or Reporter()
+    out = Path(out)
+    check_sweep_setup(cfg)
+    split = source.load()
+    if not split.test:
+        raise StratadError(f"{source.root} has no test images to sweep on")
+    _fix_bit_depth(cfg, split.train)
+    cfg.label = split.name
+    relative_rf = _relative_rf(cfg, rf, reporter)
+    with reporter.bar("loading images", len(split.train) + len(split.test)) as advance:
+        train_images, evaluation, n_missing = real_test_set(
+            split.train, split.test, cfg, missing_masks, advance
+        )
+    if n_missing:
+        reporter.note(f"{n_missing} defective images without a mask are left out of the pixel metrics")
+    criterion = default_criterion(cfg.detector)
+    with reporter.count("scoring nodes") as update:
+        result = sweep_and_choose(cfg, train_images, evaluation, out, criterion, top_k, update, relative_rf)
+    return SweepRun(result, out, len(split.train), n_missing_masks=n_missing)
+
+
+def evaluate_to_json(
+    model: str | Path,
+    source: DataSource,
+    json_out: str | Path | None = None,
+    *,
+    missing_masks: MissingMasks | str = MissingMasks.error,
+    device: str | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """The official metrics of a saved model on the test split of ``source`` (and a JSON file)."""
+    from stratad.evaluation import evaluate_pipeline
+    from stratad.export.io import atomic_write, check_output_file
+    from stratad.pipeline import Pipeline
+
+    reporter = reporter or Reporter()
+    if json_out is not None:
+        check_output_file(Path(json_out), "metrics.json")
+    split = source.load()
+    if not split.test:
+        raise StratadError(f"{source.root} has no test images")
+    pipe = Pipeline.load(model, device=device)
+    with reporter.bar("scoring", len(split.test)) as advance:
+        result, _ = evaluate_pipeline(pipe, split.test, advance, missing_masks=missing_masks)
+    result["dataset"] = split.name
+    if json_out is not None:
+        text = json.dumps(result, indent=2)
+        atomic_write(Path(json_out), lambda tmp: Path(tmp).write_text(text))
+    return result
+
+
+def analyze_sweeps(sweeps: Sequence[str | Path], out: str | Path, metric: str = "p_h") -> dict[str, Any]:
+    """Oracle selection functions over real-test sweeps (oracle.json) and their plots."""
+    from stratad.export.io import atomic_write
+    from stratad.report.plots import best_node_histogram, performance_vs_receptive_field
+    from stratad.selection.oracle import best_node_counts, load_sweep_rows, oracle_table
+
+    out = Path(out)
+    rows = load_sweep_rows([Path(s) for s in sweeps], metric)
+    table: dict[str, Any] = oracle_table(rows, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(table, indent=2)
+    atomic_write(out / "oracle.json", lambda tmp: Path(tmp).write_text(text))
+    performance_vs_receptive_field(rows, out / "performance_vs_rf.png", metric)
+    best_node_histogram(best_node_counts(rows, metric), out / "best_nodes.png")
+    return table
+
+
+def receptive_field_report(
+    backbone: str,
+    image_size: int,
+    nodes: Sequence[str],
+    weights: str = "imagenet",
+    *,
+    plot: str | Path | None = None,
+    csv_out: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, float]:
+    """Relative effective receptive field of each node (cached), optionally as CSV and a PNG plot."""
+    from stratad.backbones import build_backbone, relative_receptive_field
+    from stratad.backbones.receptive import default_cache_dir
+    from stratad.export.io import atomic_write
+    from stratad.report.plots import receptive_field_plot
+
+    reporter = reporter or Reporter()
+    if image_size < 32:
+        raise StratadError(f"--size must be at least 32 pixels, got {image_size}")
+    model = build_backbone(backbone, weights=weights)
+    with reporter.status("backpropagating from every node"):
+        rrf = relative_receptive_field(
+            model, list(nodes), image_size=image_size, cache_dir=default_cache_dir() / "receptive_fields"
+        )
+    if csv_out is not None:
+        text = "\n".join(["node,relative_rf"] + [f"{k},{v:.6f}" for k, v in rrf.items()]) + "\n"
+        atomic_write(Path(csv_out), lambda tmp: Path(tmp).write_text(text))
+    if plot is not None:
+        receptive_field_plot(rrf, Path(plot), f"{backbone} at {image_size} px")
+    return rrf
