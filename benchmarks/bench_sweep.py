@@ -88,7 +88,7 @@ def main() -> None:
             "receptive_field_seconds": rf_runs,
         },
         "n_nodes": len(rows),
-        "n_scored": sum(1 for r in rows if not r.get("same_as")),
+        "n_scored": sum(1 for r in rows if not r.same_as),
         "selected": result.node,
         "settings": {
             "defects": args.defects,

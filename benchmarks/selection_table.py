@@ -93,18 +93,18 @@ def main() -> None:
         # The real-test sweep is the ground truth of the table: every node fitted exactly.
         real_cfg = dataclasses.replace(cfg, exact=True)
         real_rows = run_sweep(real_cfg, train_images, evaluation, args.work / f"real_s{seed}")
-        real = {r["node"]: r for r in real_rows}
+        real = {r.node: r for r in real_rows}
         real_s = time.perf_counter() - t0
         del train_images, evaluation
-        p_h = [float(r["p_h"]) for r in real.values()]
-        best = max(real.values(), key=lambda r: float(r["p_h"]))
+        p_h = [r.value("p_h") for r in real.values()]
+        best = max(real.values(), key=lambda r: r.value("p_h"))
         row: dict[str, Any] = {
             "seed": seed,
             "n_nodes": len(real),
             "real_sweep_seconds": round(real_s, 1),
             "baseline_mean_p_h": statistics.fmean(p_h),
-            "oracle_node": best["node"],
-            "oracle_p_h": float(best["p_h"]),
+            "oracle_node": best.node,
+            "oracle_p_h": best.value("p_h"),
         }
         for kind in args.kinds.split(","):
             t1 = time.perf_counter()
@@ -112,7 +112,7 @@ def main() -> None:
             row[kind] = {
                 "selected_node": result.node,
                 "synthetic_p_h": result.value,
-                "real_p_h": float(real[result.node]["p_h"]),
+                "real_p_h": real[result.node].value("p_h"),
                 "seconds": round(time.perf_counter() - t1, 1),
             }
         combo_file = args.work / f"default_s{seed}.json"

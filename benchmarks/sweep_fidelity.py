@@ -74,15 +74,15 @@ def main() -> None:
         t0 = time.perf_counter()
         result = select_features(split.train, cfg, args.work / name, defects="nsa")
         seconds[name] = round(time.perf_counter() - t0, 1)
-        tables[name] = {r["node"]: r for r in result.table}
+        tables[name] = {r.node: r for r in result.table}
         selected[name] = result.node
     reference = tables["p128_seed0"]
-    nodes = [n for n, r in reference.items() if not r.get("same_as")]
+    nodes = [n for n, r in reference.items() if not r.same_as]
     payload: dict[str, Any] = {"benchmark": "sweep_fidelity", "n_nodes": len(nodes), "variants": {}}
     for name, table in tables.items():
-        a = [float(reference[n]["p_h"]) for n in nodes]
-        b = [float(table[n]["p_h"]) for n in nodes]
-        ranked = sorted(nodes, key=lambda n, t=table: -float(t[n]["p_h"]))  # type: ignore[misc]
+        a = [reference[n].value("p_h") for n in nodes]
+        b = [table[n].value("p_h") for n in nodes]
+        ranked = sorted(nodes, key=lambda n, t=table: -t[n].value("p_h"))  # type: ignore[misc]
         payload["variants"][name] = {
             "settings": VARIANTS[name],
             "spearman_vs_p128_seed0": round(float(spearmanr(a, b).statistic), 4),
@@ -90,7 +90,7 @@ def main() -> None:
             "max_abs_p_h_difference": round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 4),
             "selected": selected[name],
             "top5": ranked[:5],
-            "node_fit_seconds_sum": round(sum(float(table[n]["fit_s"]) for n in nodes), 1),
+            "node_fit_seconds_sum": round(sum(table[n].fit_s for n in nodes), 1),
             # a resumed sweep's time says nothing about its cost
             "wall_seconds": None if resumed[name] else seconds[name],
             "resumed_from_work_folder": resumed[name],

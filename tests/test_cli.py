@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -91,7 +92,11 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
     an = run("analyze", str(tmp_path / "sweep"), "--out", str(tmp_path / "analysis"))
     assert an.returncode == 0, an.stderr
     oracle = json.loads((tmp_path / "analysis" / "oracle.json").read_text())
-    assert 0.0 <= oracle["random"] <= oracle["best_node"]["value"] <= 1.0
+    with open(tmp_path / "sweep" / "nodes.csv") as handle:
+        p_h = [float(r["p_h"]) for r in csv.DictReader(handle)]
+    # One category: the best fixed node is the best row, a random node is worth the mean row.
+    assert oracle["best_node"]["value"] == pytest.approx(max(p_h), abs=1e-6)
+    assert oracle["random"] == pytest.approx(sum(p_h) / len(p_h), abs=1e-6)
     assert (tmp_path / "analysis" / "best_nodes.png").is_file()
     syn = run(
         "synth",

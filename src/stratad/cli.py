@@ -398,10 +398,12 @@ def detectors() -> None:
 def print_top(run: Any, title: str) -> None:
     """The ranked nodes of a select or sweep run (aliases show which node they repeat)."""
     top = run.result.top
-    columns = tuple(
-        c for c in ("node", "relative_rf", "image_auroc", "aupro_30", "p_h", "same_as") if c in top[0]
-    )
-    print_table(title, columns, [tuple(str(row.get(c, "")) for c in columns) for row in top])
+    columns = ["node", "relative_rf", "image_auroc", top[0].aupro_column, "p_h", "same_as"]
+    print_table(title, columns, [[_cell(r.row()[c]) for c in columns] for r in top])
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 @app.command()

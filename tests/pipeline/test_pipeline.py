@@ -39,7 +39,7 @@ def test_fit_predict_save_load_evaluate(tiny_mvtec: Path, tmp_path: Path) -> Non
     metrics, _ = evaluate_pipeline(again, split.test)
     assert metrics["image_auroc"] == 1.0
     assert metrics["aupro_30"] > 0.8 and metrics["pixel_auroc"] > 0.9
-    assert 0 < metrics["p_h"] <= 1
+    assert metrics["p_h"] == pytest.approx(2 * metrics["aupro_30"] / (1 + metrics["aupro_30"]))
     assert metrics["backbone"] == "efficientnet_lite0" and len(metrics["nodes"]) == 2
 
 

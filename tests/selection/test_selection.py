@@ -17,6 +17,7 @@ from stratad.backbones.registry import Backbone, BackboneSource, WeightSource
 from stratad.data import load_dataset
 from stratad.errors import DataError
 from stratad.selection import SweepConfig, build_validation_set, choose, select_features, selection_split
+from stratad.selection.sweep import NodeResult
 
 
 class Twin(nn.Module):
@@ -102,13 +103,13 @@ def test_selection_picks_the_informative_node_and_resumes(tmp_path: Path) -> Non
 
 def test_choose_orders_by_criterion() -> None:
     rows = [
-        {"node": "a", "p_h": "0.6", "image_auroc": "0.9"},
-        {"node": "b", "p_h": "0.8", "image_auroc": "0.7"},
-        {"node": "c", "p_h": "", "image_auroc": "0.8"},
+        NodeResult(node="a", p_h=0.6, image_auroc=0.9),
+        NodeResult(node="b", p_h=0.8, image_auroc=0.7),
+        NodeResult(node="c", p_h=None, image_auroc=0.8),
     ]
     assert choose(rows, "p_h").node == "b"
     assert choose(rows, "p_cls").node == "a"
-    assert [r["node"] for r in choose(rows, "p_cls", top_k=2).top] == ["a", "c"]
+    assert [r.node for r in choose(rows, "p_cls", top_k=2).top] == ["a", "c"]
     assert np.isclose(choose(rows).value, 0.8)
 
 
@@ -117,8 +118,8 @@ def test_parallel_workers_give_identical_results(tmp_path: Path) -> None:
     serial = select_features(train, _twin_sweep(workers=1), tmp_path / "serial", defects="cutpaste")
     parallel = select_features(train, _twin_sweep(workers=2), tmp_path / "parallel", defects="cutpaste")
     columns = ("node", "image_auroc", "aupro_30", "p_h")
-    assert [[r[c] for c in columns] for r in serial.table] == [
-        [r[c] for c in columns] for r in parallel.table
+    assert [[r.row()[c] for c in columns] for r in serial.table] == [
+        [r.row()[c] for c in columns] for r in parallel.table
     ]
 
 
@@ -153,9 +154,9 @@ def test_fast_sweep_metrics_on_a_pixel_lattice(tmp_path: Path) -> None:
             train, _twin_sweep(nodes=["informative"], pixel_stride=stride), out, defects="simple"
         ).table[0]
         assert json.loads((out / "sweep.json").read_text())["pixel_stride"] == stride
-    assert rows[1]["image_auroc"] == rows[2]["image_auroc"]
-    assert rows[1]["aupro_30"] != rows[2]["aupro_30"]  # other pixels...
-    assert float(rows[1]["aupro_30"]) == pytest.approx(float(rows[2]["aupro_30"]), abs=0.03)  # ...same area
+    assert rows[1].image_auroc == rows[2].image_auroc
+    assert rows[1].aupro != rows[2].aupro  # other pixels...
+    assert rows[1].aupro == pytest.approx(rows[2].aupro, abs=0.03)  # ...same area
     with pytest.raises(StratadError, match="pixel_stride"):
         select_features(
             train, _twin_sweep(nodes=["informative"], pixel_stride=-1), tmp_path / "bad", defects="simple"

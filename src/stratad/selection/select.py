@@ -19,7 +19,7 @@ from stratad.data.datasets import ImageRecord
 from stratad.errors import StratadError
 from stratad.export.io import atomic_write
 from stratad.selection.split import selection_split
-from stratad.selection.sweep import EvalSet, SweepConfig, load_uint8_images, run_sweep
+from stratad.selection.sweep import EvalSet, NodeResult, SweepConfig, load_uint8_images, run_sweep
 from stratad.selection.validation import build_validation_set
 
 
@@ -36,31 +36,24 @@ class SelectionResult:
     node: str
     criterion: str
     value: float
-    top: list[dict[str, Any]]
-    table: list[dict[str, Any]]
-
-
-def _value(row: dict[str, Any], column: str) -> float:
-    text = row.get(column)
-    try:
-        v = float(text) if text not in (None, "") else math.nan
-    except ValueError:
-        v = math.nan
-    return v
+    #: the ``top_k`` best nodes, best first
+    top: list[NodeResult]
+    #: every node, in graph order
+    table: list[NodeResult]
 
 
 def choose(
-    rows: Sequence[dict[str, Any]], criterion: Criterion | str = Criterion.p_h, top_k: int = 5
+    results: Sequence[NodeResult], criterion: Criterion | str = Criterion.p_h, top_k: int = 5
 ) -> SelectionResult:
     crit = Criterion(criterion)
     column = CRITERION_COLUMN[crit]
-    scored = [r for r in rows if not math.isnan(_value(r, column))]
+    scored = [r for r in results if not math.isnan(r.value(column))]
     if not scored:
         raise StratadError(f"no node has a {column} value to select by")
     # Ties keep graph order (earlier, cheaper node first): sorted() is stable.
-    ranked = sorted(scored, key=lambda r: -_value(r, column))
+    ranked = sorted(scored, key=lambda r: -r.value(column))
     best = ranked[0]
-    return SelectionResult(best["node"], crit.value, _value(best, column), ranked[:top_k], list(rows))
+    return SelectionResult(best.node, crit.value, best.value(column), ranked[:top_k], list(results))
 
 
 def check_criterion(detector: str, criterion: Criterion | str) -> None:
@@ -104,7 +97,7 @@ def select_features(
         "value": result.value,
         "defects": defects,
         "split": split.describe(),
-        "top": result.top,
+        "top": [r.row() for r in result.top],
         "sweep": asdict(cfg),
     }
     text = json.dumps(payload, indent=2)

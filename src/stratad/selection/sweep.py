@@ -21,11 +21,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,10 @@ def result_columns(fpr_limit: float = 0.3) -> tuple[str, ...]:
     ``aupro_10`` for 0.1), so a sweep at another limit keeps its AU-PRO instead of dropping it."""
     from stratad.metrics import aupro_key
 
-    return tuple(aupro_key(fpr_limit) if c == "aupro_30" else c for c in RESULT_COLUMNS)
+    return tuple(aupro_key(fpr_limit) if c == "aupro" else c for c in _COLUMNS)
 
 
-RESULT_COLUMNS = (
+_COLUMNS = (
     "node",
     "channels",
     "height",
@@ -58,12 +59,75 @@ RESULT_COLUMNS = (
     "relative_rf",
     "image_auroc",
     "pixel_auroc",
-    "aupro_30",
+    "aupro",
     "p_h",
     "fit_s",
     "score_s",
     "same_as",
 )
+
+
+@dataclass(kw_only=True)
+class NodeResult:
+    """One row of ``nodes.csv``: a node, its shape, and how well the detector did on it. Metrics a
+    detector cannot have (pixel metrics of an image-only detector) are None."""
+
+    node: str
+    image_auroc: float
+    pixel_auroc: float | None = None
+    #: AU-PRO up to ``fpr_limit`` (column ``aupro_30`` for 0.3)
+    aupro: float | None = None
+    p_h: float | None = None
+    fit_s: float = 0.0
+    score_s: float = 0.0
+    channels: int = 0
+    height: int = 0
+    width: int = 0
+    stride: float = 0.0
+    relative_rf: float | None = None
+    #: the earlier node whose features this node's equal (scored once, reported under both names)
+    same_as: str = ""
+    fpr_limit: float = 0.3
+
+    @property
+    def aupro_column(self) -> str:
+        return result_columns(self.fpr_limit)[_COLUMNS.index("aupro")]
+
+    def row(self) -> dict[str, Any]:
+        """The row as ``nodes.csv`` and ``selected.json`` write it (AU-PRO named by its limit)."""
+        values = {c: getattr(self, c) for c in _COLUMNS}
+        values[self.aupro_column] = values.pop("aupro")
+        return {c: values[c] for c in result_columns(self.fpr_limit)}
+
+    def value(self, column: str) -> float:
+        """A metric by its column name (``p_h``, ``image_auroc``, ``aupro_30``); NaN when absent."""
+        found = self.aupro if column == self.aupro_column else getattr(self, column, None)
+        return math.nan if found is None else float(found)
+
+    @classmethod
+    def from_row(cls, row: dict[str, str], fpr_limit: float = 0.3) -> NodeResult:
+        """A row read back from ``nodes.csv`` (resume, ``stratad analyze``)."""
+
+        def number(text: str | None) -> float | None:
+            return None if text in (None, "") else float(text)
+
+        aupro = row.get(result_columns(fpr_limit)[_COLUMNS.index("aupro")])
+        return cls(
+            node=row["node"],
+            image_auroc=float(row["image_auroc"]),
+            pixel_auroc=number(row.get("pixel_auroc")),
+            aupro=number(aupro),
+            p_h=number(row.get("p_h")),
+            fit_s=number(row.get("fit_s")) or 0.0,
+            score_s=number(row.get("score_s")) or 0.0,
+            channels=int(row.get("channels") or 0),
+            height=int(row.get("height") or 0),
+            width=int(row.get("width") or 0),
+            stride=number(row.get("stride")) or 0.0,
+            relative_rf=number(row.get("relative_rf")),
+            same_as=row.get("same_as") or "",
+            fpr_limit=fpr_limit,
+        )
 
 
 @dataclass(kw_only=True)
@@ -133,12 +197,12 @@ def read_header(path: Path) -> list[str] | None:
         return next(csv.reader(handle), None)
 
 
-def read_results(path: Path) -> dict[str, dict[str, Any]]:
+def read_results(path: Path, fpr_limit: float = 0.3) -> dict[str, NodeResult]:
     if not path.is_file():
         return {}
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {r["node"]: r for r in rows}
+    return {r["node"]: NodeResult.from_row(r, fpr_limit) for r in rows}
 
 
 class CachedFeatures(nn.Module):
@@ -223,8 +287,8 @@ class ChunkContext:
     test: dict[str, torch.Tensor]
 
 
-def _score_node(context: ChunkContext, node: str) -> dict[str, Any]:
-    from stratad.metrics import evaluate
+def _score_node(context: ChunkContext, node: str) -> NodeResult:
+    from stratad.metrics import aupro_key, evaluate
 
     cfg = context.config
     ev = context.evaluation
@@ -256,7 +320,16 @@ def _score_node(context: ChunkContext, node: str) -> dict[str, Any]:
         )
     else:
         metrics = evaluate(ev.labels, scores.image_scores, fpr_limit=cfg.fpr_limit)
-    return {"node": node, **metrics, "fit_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3)}
+    return NodeResult(
+        node=node,
+        image_auroc=metrics["image_auroc"],
+        pixel_auroc=metrics.get("pixel_auroc"),
+        aupro=metrics.get(aupro_key(cfg.fpr_limit)),
+        p_h=metrics.get("p_h"),
+        fit_s=round(t1 - t0, 3),
+        score_s=round(t2 - t1, 3),
+        fpr_limit=cfg.fpr_limit,
+    )
 
 
 # The chunk a forked worker scores, handed over by the pool initializer (the fork shares its memory
@@ -288,7 +361,7 @@ def run_sweep(
     progress: Callable[[str, int, int], None] | None = None,
     relative_rf: dict[str, float] | None = None,
     settings: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[NodeResult]:
     """Fit ``cfg.detector`` on ``train_images`` for every node, evaluate on ``evaluation``.
 
     Results go to ``out_dir/nodes.csv`` (one row per finished node, appended as it finishes). The
@@ -320,7 +393,7 @@ def run_sweep(
     if not candidates:
         raise StratadError("no candidate node has a spatial output for this detector")
     results_path = out_dir / "nodes.csv"
-    done = read_results(results_path)
+    done = read_results(results_path, cfg.fpr_limit)
     todo = [n for n in candidates if n not in done]
     n_images = len(train_images) + len(evaluation.images)
 
@@ -356,22 +429,18 @@ def run_sweep(
             context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             aliases = _identical_nodes(chunk, context.train, context.test)
             unique = [n for n in chunk if n not in aliases]
-            for row in _with_aliases(_map_nodes(context, unique, cfg.workers), aliases):
-                info = infos[row["node"]]
-                row.update(
-                    channels=info.channels,
-                    height=info.height,
-                    width=info.width,
-                    stride=info.stride,
-                    relative_rf=None if relative_rf is None else relative_rf.get(row["node"]),
-                )
-                writer.writerow({k: _fmt(row.get(k)) for k in columns})
+            for result in _with_aliases(_map_nodes(context, unique, cfg.workers), aliases):
+                info = infos[result.node]
+                result.channels, result.height, result.width = info.channels, info.height, info.width
+                result.stride = info.stride
+                result.relative_rf = None if relative_rf is None else relative_rf.get(result.node)
+                writer.writerow({k: _fmt(v) for k, v in result.row().items()})
                 handle.flush()
                 finished += 1
                 if progress is not None:
-                    progress(row["node"], finished, len(candidates))
+                    progress(result.node, finished, len(candidates))
             del context, feats  # the chunk's features go before the next chunk is extracted
-    rows = read_results(results_path)
+    rows = read_results(results_path, cfg.fpr_limit)
     if skipped:
         (out_dir / "skipped_nodes.txt").write_text("\n".join(skipped) + "\n")
     return [rows[n] for n in candidates if n in rows]
@@ -439,14 +508,14 @@ def _identical_nodes(
     return aliases
 
 
-def _with_aliases(rows: Any, aliases: dict[str, str]) -> Any:
+def _with_aliases(results: Iterator[NodeResult], aliases: dict[str, str]) -> Iterator[NodeResult]:
     waiting: dict[str, list[str]] = {}
     for alias, source in aliases.items():
         waiting.setdefault(source, []).append(alias)
-    for row in rows:
-        yield row
-        for alias in waiting.get(row["node"], []):
-            yield {**row, "node": alias, "same_as": row["node"], "fit_s": 0.0, "score_s": 0.0}
+    for result in results:
+        yield result
+        for alias in waiting.get(result.node, []):
+            yield replace(result, node=alias, same_as=result.node, fit_s=0.0, score_s=0.0)
 
 
 def resolve_workers(workers: int) -> int:
@@ -455,7 +524,7 @@ def resolve_workers(workers: int) -> int:
     return workers or max(1, min(4, os.cpu_count() or 1))
 
 
-def _score_in_worker(node: str) -> dict[str, Any]:
+def _score_in_worker(node: str) -> NodeResult:
     return _score_node(_WORKER_CONTEXT[0], node)
 
 
