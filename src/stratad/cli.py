@@ -535,7 +535,15 @@ def demo(
 def main(argv: list[str] | None = None) -> None:
     """The ``stratad`` entry point: one ``error:`` line and a non-zero exit for every failure."""
     import typer.main
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    try:  # typer >= 0.29 vendors click (a private module; the classes are click's own)
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover - typer that depends on click
+        from click.exceptions import (  # type: ignore[assignment]
+            ClickException,
+            NoArgsIsHelpError,
+            UsageError,
+        )
 
     command = typer.main.get_command(app)
     try:
