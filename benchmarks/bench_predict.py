@@ -6,6 +6,8 @@ blocks.2 + blocks.4, coreset 1000, fitted on the 571 MTD training images. Each m
 runs it (`python -m stratad predict ...` in a fresh process, overlays on) --repeat times; the JSON
 keeps the median, with and without the process start (the time to the first "scoring" progress line
 is not separable from outside, so "excluding start" subtracts the measured time of `stratad --help`).
+Beside them, in one process on decoded images held in memory: the backbone alone and the whole
+scoring, with predict's thread policy (the rate end-to-end prediction is compared with).
 
     .venv/bin/python benchmarks/bench_predict.py --out benchmarks/results/predict_mtd900.json
 """
@@ -58,6 +60,41 @@ def run(args: list[str]) -> tuple[float, float | None]:
     return wall, rss
 
 
+BACKBONE_ONLY = """
+import json, sys, time
+from stratad.runtime import configure_runtime
+configure_runtime()
+import torch
+from stratad.data import images_in, read_image_rgb
+from stratad.data.io import image_to_tensor
+from stratad.pipeline import Pipeline
+pipe = Pipeline.load(sys.argv[1])
+tensors = [image_to_tensor(read_image_rgb(p), pipe.config.image_size)[None] for p in images_in(sys.argv[2])]
+def forward(x):
+    with torch.no_grad():
+        return pipe.extractor(x)
+list(pipe.imap_images(forward, tensors[:4]))
+t0 = time.perf_counter()
+list(pipe.imap_images(forward, tensors))
+backbone_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+list(pipe.imap_images(pipe._score_one, tensors))
+scoring_s = time.perf_counter() - t0
+print(json.dumps({"backbone": len(tensors) / backbone_s, "scoring": len(tensors) / scoring_s}))
+"""
+
+
+def in_process_rates(model: Path, folder: Path) -> dict[str, float]:
+    """Images/s of the backbone alone and of the whole scoring (backbone, detector, map head) on
+    decoded, resized images held in memory, with predict's thread policy (the bar to compare with)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", BACKBONE_ONLY, str(model), str(folder)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return {k: round(v, 1) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +113,9 @@ def main() -> None:
     if not model.is_file():
         run(["fit", "--data", str(MTD), "--out", str(model), "-p", "coreset_size=1000", "--no-progress"])
     start_s = statistics.median(run(["--help"])[0] for _ in range(args.repeat))
+    in_memory = [in_process_rates(model, folder) for _ in range(args.repeat)]
+    backbone_rate = statistics.median(r["backbone"] for r in in_memory)
+    scoring_rate = statistics.median(r["scoring"] for r in in_memory)
     rows = []
     for maps in ("none", "png16", "npy"):
         walls: list[float] = []
@@ -99,8 +139,8 @@ def main() -> None:
             walls.append(wall)
             rss.append(peak)
         files = [p for p in out.rglob("*") if p.is_file() and p.name != "scores.csv"]
-        map_bytes = sum(p.stat().st_size for p in files if not p.name.endswith(".overlay.png"))
-        overlay_bytes = sum(p.stat().st_size for p in files if p.name.endswith(".overlay.png"))
+        map_bytes = sum(p.stat().st_size for p in files if ".overlay." not in p.name)
+        overlay_bytes = sum(p.stat().st_size for p in files if ".overlay." in p.name)
         wall = statistics.median(walls)
         row = {
             "maps": maps,
@@ -108,6 +148,7 @@ def main() -> None:
             "wall_seconds_median": round(wall, 2),
             "images_per_second_with_start": round(args.count / wall, 2),
             "images_per_second_without_start": round(args.count / max(wall - start_s, 1e-9), 2),
+            "backbone_only_over_end_to_end": round(backbone_rate / (args.count / wall), 2),
             "peak_rss_mb": None if None in rss else round(max(r for r in rss if r is not None), 1),
             "map_bytes_per_image": round(map_bytes / args.count),
             "overlay_bytes_per_image": round(overlay_bytes / args.count),
@@ -127,6 +168,8 @@ def main() -> None:
         "folder": f"{args.count} MTD test images upscaled to {args.side} x {args.side} PNG",
         "model": "efficientnet_lite0 256 px, patchcore blocks.2+blocks.4, coreset 1000, 571 MTD train images",
         "anomalib": anomalib_note,
+        "overlays": "jpg (the default)",
+        "in_memory_images_per_second": {"backbone_only": backbone_rate, "scoring": scoring_rate},
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

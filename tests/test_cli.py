@@ -59,7 +59,7 @@ def test_fit_predict_evaluate_end_to_end(tiny_mvtec: Path, tmp_path: Path) -> No
     assert pred.returncode == 0, pred.stderr
     npys = sorted(maps.glob("*.png.npy"))
     assert len(npys) == 4 and np.load(npys[0]).shape == (64, 64)
-    assert len(list(maps.glob("*.png.overlay.png"))) == 4
+    assert len(list(maps.glob("*.png.overlay.jpg"))) == 4
     rows = [line for line in (maps / "scores.csv").read_text().splitlines() if not line.startswith("#")]
     assert rows[0] == "image,score,map,map_min,map_max,overlay" and len(rows) == 5
     out = tmp_path / "metrics.json"

@@ -215,10 +215,10 @@ def test_4_outputs_are_unique_streamed_and_tied_to_their_model(tmp_path: Path) -
     rows = _rows(out / "scores.csv")
     assert [Path(r["image"]).name for r in rows] == ["a.jpg", "a.png", "b.png"]
     assert sorted(p.name for p in out.glob("*.npy")) == ["a.jpg.npy", "a.png.npy", "b.png.npy"]
-    assert sorted(p.name for p in out.glob("*.overlay.png")) == [
-        "a.jpg.overlay.png",
-        "a.png.overlay.png",
-        "b.png.overlay.png",
+    assert sorted(p.name for p in out.glob("*.overlay.jpg")) == [
+        "a.jpg.overlay.jpg",
+        "a.png.overlay.jpg",
+        "b.png.overlay.jpg",
     ]
     header = [line for line in (out / "scores.csv").read_text().splitlines() if line.startswith("#")]
     from stratad.workflows import file_sha256
@@ -227,13 +227,13 @@ def test_4_outputs_are_unique_streamed_and_tied_to_their_model(tmp_path: Path) -
     # Full precision: the written score is the float32 score exactly.
     scores = Pipeline.load(model).predict(sorted(images.iterdir())).image_scores
     assert [np.float32(float(r["score"])) for r in rows] == list(scores)
-    # A crash keeps what was scored: the 4th image is corrupt, the first batch of 2 is on disk.
+    # A crash keeps what was scored: the 4th image is corrupt, the 3 before it are on disk.
     (images / "c.png").write_bytes(b"\x89PNG not really")
     crashed = tmp_path / "crashed"
     assert "c.png" in error_line(
         stratad("predict", "--model", str(model), str(images), "--out", str(crashed))
     )
-    assert [Path(r["image"]).name for r in _rows(crashed / "scores.csv")] == ["a.jpg", "a.png"]
+    assert [Path(r["image"]).name for r in _rows(crashed / "scores.csv")] == ["a.jpg", "a.png", "b.png"]
 
 
 # -- 5. file names that are not UTF-8 --
@@ -267,7 +267,7 @@ def test_5_non_utf8_file_name(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9.png.overlay.png"))
+    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9.png.overlay.jpg"))
     assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9.png.npy"))
     assert "caf\\xe9.png" in (out / "scores.csv").read_text(encoding="utf-8")
 
@@ -413,7 +413,7 @@ def test_4_map_formats_recursive_folders_and_png16_round_trip(tmp_path: Path) ->
     outs = {fmt: tmp_path / fmt for fmt in ("png16", "npy", "none")}
     for fmt, out in outs.items():
         args = ["predict", "--model", str(model), test, "--out", str(out), "--recursive", "--maps", fmt]
-        done = stratad(*args, *(["--no-overlays"] if fmt == "none" else []))
+        done = stratad(*args, *(["--overlays", "none"] if fmt == "none" else []))
         assert done.returncode == 0, done.stderr
     rows = {fmt: _rows(out / "scores.csv") for fmt, out in outs.items()}
     assert [r["image"] for r in rows["png16"]] == [r["image"] for r in rows["npy"]]

@@ -26,7 +26,7 @@ from stratad.errors import StratadError
 from stratad.selection.select import Criterion
 from stratad.selection.sweep import SweepConfig
 from stratad.synth.base import DefectKind
-from stratad.workflows.predict import MapFormat
+from stratad.workflows.predict import MapFormat, OverlayFormat
 
 app = typer.Typer(
     add_completion=False,
@@ -271,7 +271,9 @@ def predict(
         MapFormat,
         typer.Option(help="map files: png16 (16-bit PNG, range in scores.csv), npy (float32), none"),
     ] = MapFormat.png16,
-    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="write heatmap overlays")] = True,
+    overlays: Annotated[
+        OverlayFormat, typer.Option(help="heatmap overlays: jpg (quality 90), png (lossless), none")
+    ] = OverlayFormat.jpg,
     recursive: Annotated[
         bool, typer.Option("--recursive", help="every image in the folder tree (names keep the sub-folders)")
     ] = False,

@@ -246,6 +246,18 @@ class OnnxModel:
             "onnx": str(self.path),
         }
 
+    def score_image(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One decoded uint8 (H, W, 3) image: score (1,) and map (S, S) or None, as the pipeline's."""
+        from stratad.data.io import image_to_tensor
+
+        score, anomaly_map = onnx_predict(self.session, image_to_tensor(rgb, self.config.image_size)[None])
+        return score.astype(np.float32).reshape(1), None if anomaly_map is None else anomaly_map[0]
+
+    def imap_images(self, work: Any, items: Any) -> Any:
+        """``work(item) for item in items`` one after another: onnxruntime runs each call on its own
+        threads."""
+        return (work(item) for item in items)
+
     def predict(self, images: Any, progress: Any = None) -> Any:
         """Scores and maps of image files, one image per call (a score independent of its batch-mates)."""
         from stratad.data.io import load_image

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from stratad.data.augment import augmented_batch, parse_augmentations
 from stratad.data.datasets import ImageRecord
-from stratad.data.io import check_bit_depth, detect_bit_depth, load_image
+from stratad.data.io import check_bit_depth, detect_bit_depth, image_to_tensor, load_image
 from stratad.detectors.base import (
     Detector,
     build_seeded_detector,
@@ -352,9 +352,10 @@ class Pipeline:
         maps = [r[1] for r in results if r[1] is not None]
         return np.concatenate([r[0] for r in results]), (np.concatenate(maps) if maps else None)
 
-    def _map_images(self, work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """``[work(item) for item in items]``, ``torch.get_num_threads()`` items at a time in a thread
-        pool (torch, faiss, NumPy and Pillow release the GIL), every one with one intra-op thread.
+    def imap_images(self, work: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        """``work(item) for item in items``, yielded in order as they finish,
+        ``torch.get_num_threads()`` items at a time in a thread pool (torch, faiss, NumPy, OpenCV and
+        Pillow release the GIL), every one with one intra-op thread.
         On the 2-vCPU machine this is also the fastest way to run single images
         (``benchmarks/bench_threads.py``, blocks.2 + blocks.4, passive OpenMP waiting): 164 images/s
         idle and 101 with the other core busy, against 79 / 92 for one image at a time with two
@@ -364,6 +365,8 @@ class Pipeline:
 
         from threadpoolctl import threadpool_limits
 
+        if not items:
+            return
         threads = torch.get_num_threads()
         workers = 1 if self.config.device != "cpu" else max(1, min(threads, len(items)))
         torch.set_num_threads(1)
@@ -371,17 +374,27 @@ class Pipeline:
             with threadpool_limits(1):
                 # The first item in this thread: lazily built parts (extractor, kNN index) then exist
                 # before other threads share them.
-                results = [work(items[0])]
+                yield work(items[0])
                 if workers > 1 and len(items) > 1:
                     with ThreadPoolExecutor(
                         workers, initializer=torch.set_num_threads, initargs=(1,)
                     ) as pool:
-                        results.extend(pool.map(work, items[1:]))
+                        yield from pool.map(work, items[1:])
                 else:
-                    results.extend(work(item) for item in items[1:])
+                    yield from (work(item) for item in items[1:])
         finally:
             torch.set_num_threads(threads)
-        return results
+
+    def _map_images(self, work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return list(self.imap_images(work, items))
+
+    def score_image(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One decoded uint8 (H, W, 3) image: its score (1,) and its map at the network size (S, S)
+        (None for image-only detectors), through the one inference path."""
+        if not self.fitted_:
+            raise StratadError("the pipeline is not fitted: call fit() or load a saved model first")
+        score, anomaly_map = self._score_one(image_to_tensor(rgb, self.config.image_size)[None])
+        return score, None if anomaly_map is None else anomaly_map[0]
 
     def _score_one(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """One image through the one inference path: extractor -> detector module -> map head."""

@@ -82,3 +82,16 @@ def test_mtd_split(mtd_root: Path) -> None:
     assert len(split.test) == 952 - len(split.train) + 115 + 85 + 57 + 32 + 103
     assert all(r.path.suffix == ".jpg" for r in split.train + split.test)
     assert {r.path for r in split.train}.isdisjoint({r.path for r in split.test})
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_png_decoding_gives_pillows_pixels(tmp_path: Path, mode: str) -> None:
+    """8-bit RGB and grey PNGs take OpenCV's faster decoder; every mode reads as Pillow reads it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA").convert(mode)
+    image.save(tmp_path / "x.png")
+    expected = np.asarray(Image.open(tmp_path / "x.png").convert("RGB"))
+    np.testing.assert_array_equal(read_image_rgb(tmp_path / "x.png"), expected)

@@ -18,13 +18,23 @@ def heatmap_overlay(
     return cv2.addWeighted(image, 1.0 - alpha, colour, alpha, 0.0)
 
 
+#: JPEG quality of overlays: no visible artefact on a heatmap, a fifth of the PNG encoding time
+JPEG_QUALITY = 90
+
+
+def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
+    """``png`` or ``jpg`` bytes of an RGB (H, W, 3) or grey (H, W) image (uint8; PNG also uint16)."""
+    pixels = np.ascontiguousarray(image[..., ::-1] if image.ndim == 3 else image)
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if fmt == "jpg" else []
+    ok, data = cv2.imencode(f".{fmt}", pixels, params)
+    if not ok:
+        raise OSError(f"cannot encode a {fmt.upper()} image")
+    return data.tobytes()
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of an RGB (H, W, 3) or grey (H, W) uint8 / uint16 image."""
-    pixels = np.ascontiguousarray(image[..., ::-1] if image.ndim == 3 else image)
-    ok, data = cv2.imencode(".png", pixels)
-    if not ok:
-        raise OSError("cannot encode a PNG image")
-    return data.tobytes()
+    return encode_image(image, "png")
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
