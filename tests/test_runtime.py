@@ -32,3 +32,19 @@ def test_an_explicit_user_setting_wins() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    """`stratad --help` and a usage error answer without importing torch (2-3 s here); the lazy
+    package attributes still resolve."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stratad.cli, stratad.workflows as w, stratad.selection as s\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "[getattr(w, n) for n in w.__all__]; [getattr(s, n) for n in s.__all__]\n"
+        "print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -23,8 +23,7 @@ from rich.table import Table
 from stratad._progress import Reporter, console, results
 from stratad.data.datasets import DatasetKind, DataSource, MissingMasks
 from stratad.errors import StratadError
-from stratad.selection.select import Criterion
-from stratad.selection.sweep import SweepConfig
+from stratad.selection.config import Criterion, SweepConfig
 from stratad.synth.base import DefectKind
 from stratad.workflows.predict import MapFormat, OverlayFormat
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from stratad.errors import DataError, ImageReadError, MaskError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -192,12 +195,16 @@ def read_image_resized(
 
 def image_to_tensor(image: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, S, S) in [0, 1], resized by :func:`resize_rgb`."""
+    import torch
+
     arr = resize_rgb(image, size).astype(np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def uint8_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 (H, W, 3) images of one size -> one uint8 tensor (N, 3, H, W)."""
+    import torch
+
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 

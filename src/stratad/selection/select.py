@@ -7,7 +7,6 @@ on D_T for every candidate node, and keep the node with the best synthetic-valid
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -18,17 +17,10 @@ from typing import Any
 from stratad.data.datasets import ImageRecord
 from stratad.errors import StratadError
 from stratad.export.io import atomic_write
+from stratad.selection.config import CRITERION_COLUMN, Criterion, NodeResult, SweepConfig
 from stratad.selection.split import selection_split
-from stratad.selection.sweep import EvalSet, NodeResult, SweepConfig, load_uint8_images, run_sweep
+from stratad.selection.sweep import EvalSet, load_uint8_images, run_sweep
 from stratad.selection.validation import build_validation_set
-
-
-class Criterion(str, enum.Enum):
-    p_h = "p_h"
-    p_cls = "p_cls"
-
-
-CRITERION_COLUMN = {Criterion.p_h: "p_h", Criterion.p_cls: "image_auroc"}
 
 
 @dataclass

@@ -21,12 +21,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,126 +39,7 @@ from stratad.errors import StratadError
 from stratad.features.types import FeatureBatch
 from stratad.metrics import PixelTruth
 from stratad.pipeline import postprocess_maps, resize_map
-
-
-def result_columns(fpr_limit: float = 0.3) -> tuple[str, ...]:
-    """The columns of ``nodes.csv``; the AU-PRO column is named by its FPR limit (``aupro_30`` for 0.3,
-    ``aupro_10`` for 0.1), so a sweep at another limit keeps its AU-PRO instead of dropping it."""
-    from stratad.metrics import aupro_key
-
-    return tuple(aupro_key(fpr_limit) if c == "aupro" else c for c in _COLUMNS)
-
-
-_COLUMNS = (
-    "node",
-    "channels",
-    "height",
-    "width",
-    "stride",
-    "relative_rf",
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "p_h",
-    "fit_s",
-    "score_s",
-    "same_as",
-)
-
-
-@dataclass(kw_only=True)
-class NodeResult:
-    """One row of ``nodes.csv``: a node, its shape, and how well the detector did on it. Metrics a
-    detector cannot have (pixel metrics of an image-only detector) are None."""
-
-    node: str
-    image_auroc: float
-    pixel_auroc: float | None = None
-    #: AU-PRO up to ``fpr_limit`` (column ``aupro_30`` for 0.3)
-    aupro: float | None = None
-    p_h: float | None = None
-    fit_s: float = 0.0
-    score_s: float = 0.0
-    channels: int = 0
-    height: int = 0
-    width: int = 0
-    stride: float = 0.0
-    relative_rf: float | None = None
-    #: the earlier node whose features this node's equal (scored once, reported under both names)
-    same_as: str = ""
-    fpr_limit: float = 0.3
-
-    @property
-    def aupro_column(self) -> str:
-        return result_columns(self.fpr_limit)[_COLUMNS.index("aupro")]
-
-    def row(self) -> dict[str, Any]:
-        """The row as ``nodes.csv`` and ``selected.json`` write it (AU-PRO named by its limit)."""
-        values = {c: getattr(self, c) for c in _COLUMNS}
-        values[self.aupro_column] = values.pop("aupro")
-        return {c: values[c] for c in result_columns(self.fpr_limit)}
-
-    def value(self, column: str) -> float:
-        """A metric by its column name (``p_h``, ``image_auroc``, ``aupro_30``); NaN when absent."""
-        found = self.aupro if column == self.aupro_column else getattr(self, column, None)
-        return math.nan if found is None else float(found)
-
-    @classmethod
-    def from_row(cls, row: dict[str, str], fpr_limit: float = 0.3) -> NodeResult:
-        """A row read back from ``nodes.csv`` (resume, ``stratad analyze``)."""
-
-        def number(text: str | None) -> float | None:
-            return None if text in (None, "") else float(text)
-
-        aupro = row.get(result_columns(fpr_limit)[_COLUMNS.index("aupro")])
-        return cls(
-            node=row["node"],
-            image_auroc=float(row["image_auroc"]),
-            pixel_auroc=number(row.get("pixel_auroc")),
-            aupro=number(aupro),
-            p_h=number(row.get("p_h")),
-            fit_s=number(row.get("fit_s")) or 0.0,
-            score_s=number(row.get("score_s")) or 0.0,
-            channels=int(row.get("channels") or 0),
-            height=int(row.get("height") or 0),
-            width=int(row.get("width") or 0),
-            stride=number(row.get("stride")) or 0.0,
-            relative_rf=number(row.get("relative_rf")),
-            same_as=row.get("same_as") or "",
-            fpr_limit=fpr_limit,
-        )
-
-
-@dataclass(kw_only=True)
-class SweepConfig:
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    nodes: list[str] = field(default_factory=lambda: ["all"])
-    detector: str = "patchcore"
-    detector_params: dict[str, Any] = field(default_factory=dict)
-    image_size: int = 256
-    batch_size: int = 16
-    #: spatial maps larger than this are average-pooled to it before caching (bounds RAM and the
-    #: coreset cost of very early nodes; 32 = stride 8 at 256 px)
-    max_grid: int = 32
-    #: RAM for one chunk of cached features; 0 = half of the memory available when the sweep starts
-    memory_budget_mb: int = 0
-    #: parallel processes for the per-node work; 0 = one per CPU core, at most 4
-    workers: int = 1
-    #: fit with exactly ``detector_params``; by default the detector's ``sweep_params`` (cheaper
-    #: approximations measured to keep the node ranking) fill in options the user did not set
-    exact: bool = False
-    #: unless ``exact``, pixel metrics are computed on every ``pixel_stride``-th row and column of
-    #: the maps and masks (a regular subsample of the smooth maps: 2 = a quarter of the pixels)
-    pixel_stride: int = 2
-    seed: int = 0
-    smoothing_sigma: float = 4.0
-    fpr_limit: float = 0.3
-    device: str = "cpu"
-    #: what was swept (dataset / category), carried into sweep.json for `stratad analyze`
-    label: str = ""
-    #: bits per sample of >8-bit images (see ``stratad.data.io.read_image_rgb``); None = per image
-    bit_depth: int | None = None
+from stratad.selection.config import NodeResult, SweepConfig, result_columns
 
 
 @dataclass

@@ -1,35 +1,74 @@
 """What the CLI commands do, as plain functions that tests and benchmarks call too.
 
 Each command of :mod:`stratad.cli` parses its options, calls ONE function of this package and
-prints what it returns; long work reports through a :class:`stratad._progress.Reporter`.
+prints what it returns; long work reports through a :class:`stratad._progress.Reporter`. The names
+below are imported on first use, so the command line starts without importing torch for ``--help``.
 """
 
 from __future__ import annotations
 
-from stratad.workflows.fit import FitResult, fit_to_file
-from stratad.workflows.predict import (
-    MapFormat,
-    PredictSummary,
-    encode_png16,
-    file_sha256,
-    load_model,
-    predict_to_folder,
-    read_png16_map,
-    write_synthetic_set,
-)
-from stratad.workflows.study import (
-    SweepRun,
-    analyze_sweeps,
-    check_sweep_setup,
-    evaluate_to_json,
-    receptive_field_report,
-    select_to_folder,
-    sweep_to_folder,
-)
+from typing import TYPE_CHECKING
 
+from stratad._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from stratad.workflows.fit import FitResult, fit_to_file
+    from stratad.workflows.predict import (
+        MapFormat,
+        OverlayFormat,
+        PredictSummary,
+        encode_png16,
+        file_sha256,
+        load_model,
+        predict_to_folder,
+        read_png16_map,
+        write_synthetic_set,
+    )
+    from stratad.workflows.study import (
+        SweepRun,
+        analyze_sweeps,
+        check_sweep_setup,
+        evaluate_to_json,
+        receptive_field_report,
+        select_to_folder,
+        sweep_to_folder,
+    )
+
+_WHERE = {
+    "FitResult": "fit",
+    "fit_to_file": "fit",
+    **dict.fromkeys(
+        [
+            "MapFormat",
+            "OverlayFormat",
+            "PredictSummary",
+            "encode_png16",
+            "file_sha256",
+            "load_model",
+            "predict_to_folder",
+            "read_png16_map",
+            "write_synthetic_set",
+        ],
+        "predict",
+    ),
+    **dict.fromkeys(
+        [
+            "SweepRun",
+            "analyze_sweeps",
+            "check_sweep_setup",
+            "evaluate_to_json",
+            "receptive_field_report",
+            "select_to_folder",
+            "sweep_to_folder",
+        ],
+        "study",
+    ),
+}
+__getattr__ = lazy_attributes(__name__, _WHERE)
 __all__ = [
     "FitResult",
     "MapFormat",
+    "OverlayFormat",
     "PredictSummary",
     "SweepRun",
     "analyze_sweeps",
