@@ -6,8 +6,9 @@ blocks.2 + blocks.4, coreset 1000, fitted on the 571 MTD training images. Each m
 runs it (`python -m stratad predict ...` in a fresh process, overlays on) --repeat times; the JSON
 keeps the median, with and without the process start (the time to the first "scoring" progress line
 is not separable from outside, so "excluding start" subtracts the measured time of `stratad --help`).
-Beside them, in one process on decoded images held in memory: the backbone alone and the whole
-scoring, with predict's thread policy (the rate end-to-end prediction is compared with).
+Beside them, in one process whose imports are done (`in_process_rates`): the backbone alone and
+the whole scoring on decoded images held in memory, with predict's thread policy (the rate
+end-to-end prediction is compared with), and `predict_to_folder` per mode, model load included.
 
     .venv/bin/python benchmarks/bench_predict.py --out benchmarks/results/predict_mtd900.json
 """
@@ -80,15 +81,28 @@ backbone_s = time.perf_counter() - t0
 t0 = time.perf_counter()
 list(pipe.imap_images(pipe._score_one, tensors))
 scoring_s = time.perf_counter() - t0
-print(json.dumps({"backbone": len(tensors) / backbone_s, "scoring": len(tensors) / scoring_s}))
+import shutil
+from stratad.workflows import predict_to_folder
+rates = {"backbone": len(tensors) / backbone_s, "scoring": len(tensors) / scoring_s}
+for maps in ("none", "png16", "npy"):
+    shutil.rmtree(sys.argv[3], ignore_errors=True)
+    t0 = time.perf_counter()
+    predict_to_folder(sys.argv[1], sys.argv[2], sys.argv[3], maps=maps)
+    rates[f"predict_to_folder_{maps}"] = len(tensors) / (time.perf_counter() - t0)
+shutil.rmtree(sys.argv[3], ignore_errors=True)
+print(json.dumps(rates))
 """
 
 
-def in_process_rates(model: Path, folder: Path) -> dict[str, float]:
-    """Images/s of the backbone alone and of the whole scoring (backbone, detector, map head) on
-    decoded, resized images held in memory, with predict's thread policy (the bar to compare with)."""
+def in_process_rates(model: Path, folder: Path, work: Path) -> dict[str, float]:
+    """Images/s in one process whose imports are done: the backbone alone and the whole scoring
+    (backbone, detector, map head) on decoded, resized images held in memory, with predict's thread
+    policy (the bar to compare with); and ``predict_to_folder`` per --maps mode, the model load, the
+    decoding and every output included (what the command does once Python and torch are loaded)."""
     proc = subprocess.run(
-        [sys.executable, "-c", BACKBONE_ONLY, str(model), str(folder)], capture_output=True, text=True
+        [sys.executable, "-c", BACKBONE_ONLY, str(model), str(folder), str(work / "in_process")],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
@@ -113,9 +127,9 @@ def main() -> None:
     if not model.is_file():
         run(["fit", "--data", str(MTD), "--out", str(model), "-p", "coreset_size=1000", "--no-progress"])
     start_s = statistics.median(run(["--help"])[0] for _ in range(args.repeat))
-    in_memory = [in_process_rates(model, folder) for _ in range(args.repeat)]
-    backbone_rate = statistics.median(r["backbone"] for r in in_memory)
-    scoring_rate = statistics.median(r["scoring"] for r in in_memory)
+    in_memory = [in_process_rates(model, folder, args.work) for _ in range(args.repeat)]
+    in_process = {key: statistics.median(r[key] for r in in_memory) for key in in_memory[0]}
+    backbone_rate = in_process["backbone"]
     rows = []
     for maps in ("none", "png16", "npy"):
         walls: list[float] = []
@@ -148,6 +162,7 @@ def main() -> None:
             "wall_seconds_median": round(wall, 2),
             "images_per_second_with_start": round(args.count / wall, 2),
             "images_per_second_without_start": round(args.count / max(wall - start_s, 1e-9), 2),
+            "images_per_second_in_process": in_process[f"predict_to_folder_{maps}"],
             "backbone_only_over_end_to_end": round(backbone_rate / (args.count / wall), 2),
             "peak_rss_mb": None if None in rss else round(max(r for r in rss if r is not None), 1),
             "map_bytes_per_image": round(map_bytes / args.count),
@@ -169,7 +184,7 @@ def main() -> None:
         "model": "efficientnet_lite0 256 px, patchcore blocks.2+blocks.4, coreset 1000, 571 MTD train images",
         "anomalib": anomalib_note,
         "overlays": "jpg (the default)",
-        "in_memory_images_per_second": {"backbone_only": backbone_rate, "scoring": scoring_rate},
+        "in_process_images_per_second": in_process,
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
