@@ -86,6 +86,9 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert chosen == max(rows, key=lambda r: float(r["p_h"]))["node"]
     assert (tmp_path / "sel" / "model.stratad").is_file()
+    # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about.
+    assert "ranked on 1 good + 4 synthetic validation images (fit on 11)" in sel.stderr
+    assert "warning: fewer than 10 good or synthetic validation images" in sel.stderr
     assert (tmp_path / "sel" / "nodes.csv").read_text().count("\n") == 3
     sw = run("sweep", "--data", str(data), "--out", str(tmp_path / "sweep"), "--no-rf", *common)
     assert sw.returncode == 0, sw.stderr

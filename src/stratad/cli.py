@@ -23,7 +23,7 @@ from rich.table import Table
 from stratad._progress import Reporter, console, results
 from stratad.data.datasets import DatasetKind, DataSource, MissingMasks
 from stratad.errors import StratadError
-from stratad.selection.config import Criterion, SweepConfig
+from stratad.selection.config import MIN_VALIDATION_IMAGES, Criterion, SweepConfig
 from stratad.synth.base import DefectKind
 from stratad.workflows.predict import MapFormat, OverlayFormat
 
@@ -397,10 +397,14 @@ def detectors() -> None:
 
 
 def print_top(run: Any, title: str) -> None:
-    """The ranked nodes of a select or sweep run (aliases show which node they repeat)."""
-    top = run.result.top
-    columns = ["node", "relative_rf", "image_auroc", top[0].aupro_column, "p_h", "same_as"]
-    print_table(title, columns, [[_cell(r.row()[c]) for c in columns] for r in top])
+    """The ranked nodes of a select or sweep run; a node with identical twins names them."""
+    result = run.result
+    columns = ["node", "relative_rf", "image_auroc", result.top[0].aupro_column, "p_h"]
+    rows = [[_cell(r.row()[c]) for c in columns] for r in result.top]
+    for row, r in zip(rows, result.top, strict=True):
+        if result.aliases.get(r.node):
+            row[0] += f" (= {', '.join(result.aliases[r.node])})"
+    print_table(title, columns, rows)
 
 
 def _cell(value: Any) -> str:
@@ -433,8 +437,16 @@ def select(
         source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, fit_final=fit_final, rf=rf,
         reporter=report,
     )  # fmt: skip
-    r = run.result
+    r, v = run.result, run.result.validation
     print_top(run, f"top {top_k} nodes by synthetic {r.criterion} ({defects.value})")
+    console.print(
+        f"ranked on {v['good']} good + {v['defective']} synthetic validation images (fit on {v['fit']})"
+    )
+    if min(v["good"], v["defective"]) < MIN_VALIDATION_IMAGES:
+        console.print(
+            f"warning: fewer than {MIN_VALIDATION_IMAGES} good or synthetic validation images: the "
+            "ranking is unreliable (a node can win by one image); the default nodes may do better"
+        )
     console.print(f"selected {r.node} ({r.criterion} = {r.value:.4f}) -> {out / 'selected.json'}")
     if run.model is not None:
         console.print(f"final model on all {run.n_train} training images -> {run.model}")

@@ -113,6 +113,18 @@ def test_choose_orders_by_criterion() -> None:
     assert np.isclose(choose(rows).value, 0.8)
 
 
+def test_choose_ranks_a_node_once_and_names_its_twins() -> None:
+    rows = [
+        NodeResult(node="a", p_h=0.6, image_auroc=0.9),
+        NodeResult(node="a.se", p_h=0.6, image_auroc=0.9, same_as="a"),
+        NodeResult(node="b", p_h=0.5, image_auroc=0.7),
+    ]
+    result = choose(rows, "p_h", top_k=2)
+    assert [r.node for r in result.top] == ["a", "b"]
+    assert result.aliases == {"a": ["a.se"]}
+    assert len(result.table) == 3  # nodes.csv keeps every name
+
+
 def test_parallel_workers_give_identical_results(tmp_path: Path) -> None:
     train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
     serial = select_features(train, _twin_sweep(workers=1), tmp_path / "serial", defects="cutpaste")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,15 @@ class SelectionResult:
     node: str
     criterion: str
     value: float
-    #: the ``top_k`` best nodes, best first
+    #: the ``top_k`` best nodes, best first; a node whose features equal an earlier node's appears
+    #: once, under the earlier name (its other names in ``aliases``)
     top: list[NodeResult]
     #: every node, in graph order
     table: list[NodeResult]
+    #: node -> the later nodes with identical outputs (timm's identity ``aa`` / ``se`` placeholders)
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    #: what the nodes were ranked on: {"fit": |D_T|, "good": good |D_V|, "defective": defective |D_V|}
+    validation: dict[str, int] = field(default_factory=dict)
 
 
 def choose(
@@ -39,13 +44,17 @@ def choose(
 ) -> SelectionResult:
     crit = Criterion(criterion)
     column = CRITERION_COLUMN[crit]
-    scored = [r for r in results if not math.isnan(r.value(column))]
+    aliases: dict[str, list[str]] = {}
+    for r in results:
+        if r.same_as:
+            aliases.setdefault(r.same_as, []).append(r.node)
+    scored = [r for r in results if not r.same_as and not math.isnan(r.value(column))]
     if not scored:
         raise StratadError(f"no node has a {column} value to select by")
     # Ties keep graph order (earlier, cheaper node first): sorted() is stable.
     ranked = sorted(scored, key=lambda r: -r.value(column))
     best = ranked[0]
-    return SelectionResult(best.node, crit.value, best.value(column), ranked[:top_k], list(results))
+    return SelectionResult(best.node, crit.value, best.value(column), ranked[:top_k], list(results), aliases)
 
 
 def check_criterion(detector: str, criterion: Criterion | str) -> None:
@@ -83,13 +92,20 @@ def select_features(
     result = sweep_and_choose(
         cfg, train_images, evaluation, out_dir, criterion, top_k, progress, relative_rf, settings
     )
+    result.validation = {
+        "fit": len(split.fit),
+        "good": len(split.val_good),
+        "defective": len(split.val_defect),
+    }
     payload = {
         "node": result.node,
         "criterion": result.criterion,
         "value": result.value,
         "defects": defects,
         "split": split.describe(),
+        "validation": result.validation,
         "top": [r.row() for r in result.top],
+        "aliases": result.aliases,
         "sweep": asdict(cfg),
     }
     text = json.dumps(payload, indent=2)
