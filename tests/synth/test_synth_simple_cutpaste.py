@@ -49,12 +49,12 @@ def test_simple_sizes_cover_the_range(textures: list[np.ndarray]) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_cutpaste_pastes_a_source_crop(seed: int, textures: list[np.ndarray]) -> None:
     target, source = textures[0], textures[1]
-    defect = build_defect("cutpaste")(target, source, np.random.default_rng(seed))
+    defect = build_defect("cutpaste", geometry="li")(target, source, np.random.default_rng(seed))
     np.testing.assert_array_equal(defect.image[~defect.mask], target[~defect.mask])
     y, x, h, w = _box(defect.mask)
     patch = defect.image[y : y + h, x : x + w]
     assert len(_crop_positions(source, patch)) == 1
-    # Paper geometry: area 2-15 % of the image, aspect ratio (w / h) in [0.3, 3.3], up to rounding.
+    # Li et al.'s geometry: area 2-15 % of the image, aspect ratio (w / h) in [0.3, 3.3], up to rounding.
     assert 0.02 * 64 * 64 * 0.7 <= h * w <= 0.15 * 64 * 64 * 1.3
     assert 0.3 * 0.7 <= w / h <= 3.3 / 0.7
 
@@ -72,7 +72,7 @@ def test_cutpaste_without_source_uses_the_target(seed: int, textures: list[np.nd
 
 def test_cutpaste_with_a_smaller_source(textures: list[np.ndarray]) -> None:
     source = textures[1][:20, :30]
-    gen = build_defect("cutpaste", area_fraction_range=(0.3, 0.5))
+    gen = build_defect("cutpaste", geometry="li", area_fraction_range=(0.3, 0.5))
     for seed in range(10):
         defect = gen(textures[0], source, np.random.default_rng(seed))
         y, x, h, w = _box(defect.mask)
@@ -89,3 +89,26 @@ def test_cutpaste_color_jitter_changes_only_the_patch(textures: list[np.ndarray]
     assert not _crop_positions(source, defect.image[y : y + h, x : x + w])
     again = gen(target, source, np.random.default_rng(3))
     np.testing.assert_array_equal(defect.image, again.image)
+
+
+@pytest.mark.parametrize("kind", ["simple", "cutpaste"])
+def test_selection_study_geometry_sides_and_border(kind: str) -> None:
+    """The selection study's appendix: sides 10-50 % of the image's, at least 20 px from the border
+    (checked on a 256 px image, the network size); on a 64 px image the margin shrinks to fit."""
+    rng = np.random.default_rng(0)
+    big = rng.integers(1, 256, (256, 256, 3), dtype=np.uint8)
+    other = rng.integers(1, 256, (256, 256, 3), dtype=np.uint8)
+    gen = build_defect(kind)
+    heights, tops = [], []
+    for seed in range(60):
+        y, x, h, w = _box(gen(big, other, np.random.default_rng(seed)).mask)
+        assert round(0.1 * 256) <= h <= round(0.5 * 256) and round(0.1 * 256) <= w <= round(0.5 * 256)
+        assert min(y, x, 256 - y - h, 256 - x - w) >= 20
+        heights.append(h)
+        tops.append(y)
+    assert min(heights) < 60 and max(heights) > 100  # the range is used, not one corner of it
+    assert min(tops) < 30  # boxes come close to the margin
+    small = rng.integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    for seed in range(20):
+        y, x, h, w = _box(gen(small, small[::-1].copy(), np.random.default_rng(seed)).mask)
+        assert 0 <= y and y + h <= 64 and min(y, 64 - y - h) >= min(20, (64 - h) // 2)

@@ -114,6 +114,35 @@ def pixel_length(length: float, limit: int) -> int:
     return int(min(max(round(length), 1), limit))
 
 
+#: The selection study's defect rectangles (Heckler & König, appendix): each side 10-50 % of the
+#: image's side, the rectangle at least 20 px from every border.
+PAPER_SIDE_FRACTIONS = (0.1, 0.5)
+PAPER_BORDER_PX = 20
+
+
+def place_rectangle(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    side_fraction_range: tuple[float, float],
+    border_px: int,
+    max_size: tuple[int, int] | None = None,
+) -> tuple[int, int, int, int]:
+    """``(y, x, box_h, box_w)`` of a rectangle whose sides are uniform fractions of the image's
+    height and width (drawn independently) and that keeps ``border_px`` from every border. On an
+    image too small for that margin around the drawn box, the margin shrinks to what is left on
+    each side (so a 64 px image still gets defects). ``max_size`` caps the box (a smaller source)."""
+    box_h = pixel_length(rng.uniform(*side_fraction_range) * height, height)
+    box_w = pixel_length(rng.uniform(*side_fraction_range) * width, width)
+    if max_size is not None:
+        box_h, box_w = min(box_h, max_size[0]), min(box_w, max_size[1])
+    margin_y = min(border_px, (height - box_h) // 2)
+    margin_x = min(border_px, (width - box_w) // 2)
+    y = int(rng.integers(margin_y, height - box_h - margin_y + 1))
+    x = int(rng.integers(margin_x, width - box_w - margin_x + 1))
+    return y, x, box_h, box_w
+
+
 # -- small validation helpers for configs --
 def check_range(name: str, value: tuple[float, float], low: float, high: float | None) -> None:
     """``value`` must be ``(lo, hi)`` with ``low < lo <= hi`` (and ``hi <= high`` when given)."""

@@ -1,12 +1,15 @@
 """CutPaste (Li et al., "CutPaste: Self-Supervised Learning for Anomaly Detection and Localization",
 CVPR 2021): a rectangle cut from a good image and pasted elsewhere.
 
-Patch geometry follows the paper: its area is a uniform fraction of the image area and its aspect
-ratio (width / height) is drawn log-uniformly, so that ``r`` and ``1 / r`` are equally likely.
+Two patch geometries: ``paper`` (the default), the selection study's appendix (Heckler & König):
+each side a uniform 10-50 % of the image's side, pasted at least 20 px from every border; and ``li``,
+Li et al.'s own: the area a uniform 2-15 % of the image area, the aspect ratio (width / height)
+log-uniform in 0.3-3.3 (``r`` and ``1 / r`` equally likely), pasted anywhere.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -16,12 +19,15 @@ import numpy as np
 
 from stratad.errors import DataError
 from stratad.synth.base import (
+    PAPER_BORDER_PX,
+    PAPER_SIDE_FRACTIONS,
     DefectConfig,
     DefectGenerator,
     DefectKind,
     SyntheticDefect,
     check_range,
     pixel_length,
+    place_rectangle,
     register_defect,
 )
 
@@ -31,21 +37,36 @@ _SELF_PASTE_REDRAWS = 10
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+class CutPasteGeometry(str, enum.Enum):
+    #: the selection study's appendix: sides 10-50 % of the image's, at least 20 px from the border
+    paper = "paper"
+    #: Li et al.: area 2-15 % of the image, aspect ratio 0.3-3.3, anywhere
+    li = "li"
+
+
 @dataclass(frozen=True)
 class CutPasteConfig(DefectConfig):
     """Hyper-parameters of :class:`CutPasteDefect`.
 
-    ``area_fraction_range``: patch area as a fraction of the target's area (paper: 0.02-0.15).
-    ``aspect_ratio_range``: width / height, sampled log-uniformly (paper: 0.3-3.3).
+    ``geometry``: ``paper`` (the selection study) or ``li`` (Li et al.), see the module docstring.
+    ``side_fraction_range``, ``border_px``: the ``paper`` geometry (sides 10-50 %, 20 px margin).
+    ``area_fraction_range``: ``li``: patch area as a fraction of the target's area (0.02-0.15).
+    ``aspect_ratio_range``: ``li``: width / height, sampled log-uniformly (0.3-3.3).
     ``color_jitter``: strength of a random brightness / contrast / saturation / hue change of the patch
-    (the paper uses 0.1); 0 keeps the pasted pixels identical to the source crop.
+    (Li et al. use 0.1); 0 keeps the pasted pixels identical to the source crop.
     """
 
+    geometry: CutPasteGeometry = CutPasteGeometry.paper
+    side_fraction_range: tuple[float, float] = PAPER_SIDE_FRACTIONS
+    border_px: int = PAPER_BORDER_PX
     area_fraction_range: tuple[float, float] = (0.02, 0.15)
     aspect_ratio_range: tuple[float, float] = (0.3, 3.3)
     color_jitter: float = 0.0
 
     def validate(self) -> None:
+        check_range("side_fraction_range", self.side_fraction_range, 0.0, 1.0)
+        if self.border_px < 0:
+            raise DataError(f"option border_px must be >= 0, got {self.border_px!r}")
         check_range("area_fraction_range", self.area_fraction_range, 0.0, 1.0)
         check_range("aspect_ratio_range", self.aspect_ratio_range, 0.0, None)
         if not 0.0 <= self.color_jitter <= 1.0:
@@ -68,16 +89,34 @@ class CutPasteDefect(DefectGenerator):
         src = target if source is None else source
         height, width = target.shape[:2]
         src_h, src_w = src.shape[:2]
-        area = rng.uniform(*cfg.area_fraction_range) * height * width
-        aspect = math.exp(rng.uniform(*np.log(cfg.aspect_ratio_range)))
         # The crop must fit in both images; a smaller source shrinks the patch rather than failing.
-        patch_h = pixel_length(math.sqrt(area / aspect), min(height, src_h))
-        patch_w = pixel_length(math.sqrt(area * aspect), min(width, src_w))
-        sy, sx = _position(rng, src_h - patch_h, src_w - patch_w)
-        ty, tx = _position(rng, height - patch_h, width - patch_w)
+        if cfg.geometry is CutPasteGeometry.paper:
+            ty, tx, patch_h, patch_w = place_rectangle(
+                rng, height, width, cfg.side_fraction_range, cfg.border_px, (src_h, src_w)
+            )
+            sy, sx = _position(rng, src_h - patch_h, src_w - patch_w)
+
+            def redraw() -> tuple[int, int]:
+                margin_y = min(cfg.border_px, (height - patch_h) // 2)
+                margin_x = min(cfg.border_px, (width - patch_w) // 2)
+                return (
+                    int(rng.integers(margin_y, height - patch_h - margin_y + 1)),
+                    int(rng.integers(margin_x, width - patch_w - margin_x + 1)),
+                )
+        else:
+            area = rng.uniform(*cfg.area_fraction_range) * height * width
+            aspect = math.exp(rng.uniform(*np.log(cfg.aspect_ratio_range)))
+            patch_h = pixel_length(math.sqrt(area / aspect), min(height, src_h))
+            patch_w = pixel_length(math.sqrt(area * aspect), min(width, src_w))
+            sy, sx = _position(rng, src_h - patch_h, src_w - patch_w)
+            ty, tx = _position(rng, height - patch_h, width - patch_w)
+
+            def redraw() -> tuple[int, int]:
+                return _position(rng, height - patch_h, width - patch_w)
+
         redraws = 0
         while source is None and (ty, tx) == (sy, sx) and redraws < _SELF_PASTE_REDRAWS:
-            ty, tx = _position(rng, height - patch_h, width - patch_w)
+            ty, tx = redraw()
             redraws += 1
         patch = src[sy : sy + patch_h, sx : sx + patch_w]
         if cfg.color_jitter > 0:

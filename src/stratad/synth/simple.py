@@ -12,13 +12,16 @@ from typing import ClassVar
 
 import numpy as np
 
+from stratad.errors import DataError
 from stratad.synth.base import (
+    PAPER_BORDER_PX,
+    PAPER_SIDE_FRACTIONS,
     DefectConfig,
     DefectGenerator,
     DefectKind,
     SyntheticDefect,
     check_range,
-    pixel_length,
+    place_rectangle,
     register_defect,
 )
 
@@ -26,12 +29,17 @@ from stratad.synth.base import (
 @dataclass(frozen=True)
 class SimpleConfig(DefectConfig):
     """``side_fraction_range``: (min, max) of the rectangle's height and width as a fraction of the
-    image's height and width, drawn independently (uniformly) for each side."""
+    image's height and width, drawn independently (uniformly) for each side; ``border_px``: the
+    smallest distance of the rectangle from the image border. Defaults: the selection study's
+    appendix (sides 10-50 %, at least 20 px from the border)."""
 
-    side_fraction_range: tuple[float, float] = (0.05, 0.3)
+    side_fraction_range: tuple[float, float] = PAPER_SIDE_FRACTIONS
+    border_px: int = PAPER_BORDER_PX
 
     def validate(self) -> None:
         check_range("side_fraction_range", self.side_fraction_range, 0.0, 1.0)
+        if self.border_px < 0:
+            raise DataError(f"option border_px must be >= 0, got {self.border_px!r}")
 
 
 @register_defect
@@ -49,11 +57,8 @@ class SimpleDefect(DefectGenerator):
         self, target: np.ndarray, source: np.ndarray | None, rng: np.random.Generator
     ) -> SyntheticDefect:
         height, width = target.shape[:2]
-        lo, hi = self.config.side_fraction_range
-        box_h = pixel_length(rng.uniform(lo, hi) * height, height)
-        box_w = pixel_length(rng.uniform(lo, hi) * width, width)
-        y = int(rng.integers(0, height - box_h + 1))
-        x = int(rng.integers(0, width - box_w + 1))
+        cfg = self.config
+        y, x, box_h, box_w = place_rectangle(rng, height, width, cfg.side_fraction_range, cfg.border_px)
         image = target.copy()
         image[y : y + box_h, x : x + box_w] = 0
         mask = np.zeros((height, width), dtype=bool)
