@@ -34,6 +34,7 @@ from stratad.data.datasets import record_mask
 from stratad.evaluation import evaluate_pipeline
 from stratad.pipeline import Pipeline
 from stratad.selection import EvalSet, SweepConfig, run_sweep, select_features
+from stratad.selection.config import COMBINATION_SEPARATOR
 from stratad.selection.sweep import load_uint8_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,11 @@ def main() -> None:
         action="store_true",
         help="select with exactly the detector options (the default uses the sweep's cheaper ones)",
     )
+    parser.add_argument(
+        "--no-default",
+        action="store_true",
+        help="single nodes only (by default the detector's default pair is one more candidate)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "selection")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "selection_mtd.json")
     args = parser.parse_args()
@@ -82,6 +88,7 @@ def main() -> None:
             workers=args.workers,
             seed=seed,
             exact=args.exact_selection,
+            with_default=not args.no_default,
         )
         t0 = time.perf_counter()
         train_images = load_uint8_images(split.train, cfg.image_size)
@@ -96,8 +103,9 @@ def main() -> None:
         real = {r.node: r for r in real_rows}
         real_s = time.perf_counter() - t0
         del train_images, evaluation
-        p_h = [r.value("p_h") for r in real.values()]
-        best = max(real.values(), key=lambda r: r.value("p_h"))
+        singles = [r for r in real.values() if COMBINATION_SEPARATOR not in r.node]
+        p_h = [r.value("p_h") for r in singles]
+        best = max(singles, key=lambda r: r.value("p_h"))
         row: dict[str, Any] = {
             "seed": seed,
             "n_nodes": len(real),
@@ -109,7 +117,11 @@ def main() -> None:
         for kind in args.kinds.split(","):
             t1 = time.perf_counter()
             result = select_features(split.train, cfg, args.work / f"{kind}_s{seed}", defects=kind)
+            # P_k (the extractor study's Table 4): mean real P_h of the k best synthetic single nodes.
+            synthetic = [r for r in result.table if not r.same_as and COMBINATION_SEPARATOR not in r.node]
+            ranked = [r.node for r in sorted(synthetic, key=lambda r: -r.value("p_h"))]
             row[kind] = {
+                "p_k": {k: statistics.fmean(real[n].value("p_h") for n in ranked[:k]) for k in (1, 3, 5)},
                 "selected_node": result.node,
                 "synthetic_p_h": result.value,
                 "real_p_h": real[result.node].value("p_h"),
@@ -137,6 +149,10 @@ def main() -> None:
         "oracle_best_node": mean_std([r["oracle_p_h"] for r in per_seed]),
         "default_combination": mean_std([r["default_combination"]["real_p_h"] for r in per_seed]),
         **{f"selected_{k}": mean_std([r[k]["real_p_h"] for r in per_seed]) for k in kinds},
+        **{f"p_{n}_{k}": mean_std([r[k]["p_k"][n] for r in per_seed]) for k in kinds for n in (1, 3, 5)},
+        "default_pair_selected": {
+            k: sum(COMBINATION_SEPARATOR in r[k]["selected_node"] for r in per_seed) for k in kinds
+        },
     }
     payload = {
         "settings": {
@@ -144,6 +160,7 @@ def main() -> None:
             "params": params,
             "nodes": args.nodes,
             "selection_sweep": "exact" if args.exact_selection else "fast (detector sweep_params)",
+            "default_pair_candidate": not args.no_default,
         },
         "summary": summary,
         "per_seed": per_seed,

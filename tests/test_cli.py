@@ -89,9 +89,13 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
     # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about.
     assert "ranked on 1 good + 4 synthetic validation images (fit on 11)" in sel.stderr
     assert "warning: fewer than 10 good or synthetic validation images" in sel.stderr
-    assert (tmp_path / "sel" / "nodes.csv").read_text().count("\n") == 3
-    sw = run("sweep", "--data", str(data), "--out", str(tmp_path / "sweep"), "--no-rf", *common)
+    # The two nodes asked for, and the detector's default pair as one more candidate.
+    assert [r["node"] for r in rows] == ["blocks.1.1.add", "blocks.2.1.add", "blocks.2.1.add+blocks.4.2.add"]
+    sw = run(
+        "sweep", "--data", str(data), "--out", str(tmp_path / "sweep"), "--no-rf", "--no-default", *common
+    )
     assert sw.returncode == 0, sw.stderr
+    assert (tmp_path / "sweep" / "nodes.csv").read_text().count("\n") == 3  # header + the 2 nodes
     an = run("analyze", str(tmp_path / "sweep"), "--out", str(tmp_path / "analysis"))
     assert an.returncode == 0, an.stderr
     oracle = json.loads((tmp_path / "analysis" / "oracle.json").read_text())

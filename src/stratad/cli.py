@@ -208,6 +208,14 @@ def sweep_settings(
             "lattice)",
         ),
     ] = False,
+    with_default: Annotated[
+        bool,
+        typer.Option(
+            "--default/--no-default",
+            help="also score the detector's default node combination as one candidate (selection then "
+            "never ends below the default choice)",
+        ),
+    ] = True,
     bit_depth: BitDepthOpt = None,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
@@ -230,6 +238,7 @@ def sweep_settings(
         device=resolve_device(device),
         exact=exact,
         bit_depth=bit_depth,
+        with_default=with_default,
     )
 
 

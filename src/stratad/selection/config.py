@@ -47,6 +47,15 @@ _COLUMNS = (
 )
 
 
+#: Joins the nodes of a multi-node candidate in its name (``blocks.2.1.add+blocks.4.2.add``).
+COMBINATION_SEPARATOR = "+"
+
+
+def candidate_nodes(candidate: str) -> list[str]:
+    """The nodes of a candidate name (one node, or a combination)."""
+    return candidate.split(COMBINATION_SEPARATOR)
+
+
 @dataclass(kw_only=True)
 class NodeResult:
     """One row of ``nodes.csv``: a node, its shape, and how well the detector did on it. Metrics a
@@ -140,3 +149,6 @@ class SweepConfig:
     label: str = ""
     #: bits per sample of >8-bit images (see ``stratad.data.io.read_image_rgb``); None = per image
     bit_depth: int | None = None
+    #: also score the detector's default node combination (PatchCore: the last nodes at strides 8
+    #: and 16) as one candidate, so a selection can never end below the default choice
+    with_default: bool = False

@@ -39,7 +39,13 @@ from stratad.errors import StratadError
 from stratad.features.types import FeatureBatch
 from stratad.metrics import PixelTruth
 from stratad.pipeline import postprocess_maps, resize_map
-from stratad.selection.config import NodeResult, SweepConfig, result_columns
+from stratad.selection.config import (
+    COMBINATION_SEPARATOR,
+    NodeResult,
+    SweepConfig,
+    candidate_nodes,
+    result_columns,
+)
 
 
 @dataclass
@@ -168,20 +174,23 @@ class ChunkContext:
 
 
 def _score_node(context: ChunkContext, node: str) -> NodeResult:
+    """Fit and evaluate one candidate: a node, or a combination of nodes (one detector on all)."""
     from stratad.metrics import aupro_key, evaluate
 
     cfg = context.config
     ev = context.evaluation
-    train = context.train[node]
-    test = context.test[node]
+    nodes = candidate_nodes(node)
+    train = {n: context.train[n] for n in nodes}
+    test = {n: context.test[n] for n in nodes}
     size = (cfg.image_size, cfg.image_size)
     det = build_seeded_detector(cfg.detector, sweep_detector_params(cfg), cfg.seed)
     if not det.accepts_float16:
-        train, test = train.float(), test.float()
+        train = {n: f.float() for n, f in train.items()}
+        test = {n: f.float() for n, f in test.items()}
     t0 = time.perf_counter()
-    det.fit(FeatureBatch({node: train}, size))
+    det.fit(FeatureBatch(train, size))
     t1 = time.perf_counter()
-    image_scores, raw_maps = det.module([node])({node: test})  # the one inference path
+    image_scores, raw_maps = det.module(nodes)(test)  # the one inference path
     scores = Scores(image_scores.numpy(), None if raw_maps is None else raw_maps.numpy())
     t2 = time.perf_counter()
     if scores.maps is not None:
@@ -272,9 +281,12 @@ def run_sweep(
         skipped = []
     if not candidates:
         raise StratadError("no candidate node has a spatial output for this detector")
+    combinations = [c for c in default_candidates(cfg, backbone) if c not in candidates]
     results_path = out_dir / "nodes.csv"
     done = read_results(results_path, cfg.fpr_limit)
     todo = [n for n in candidates if n not in done]
+    combinations_todo = [c for c in combinations if c not in done]
+    n_candidates = len(candidates) + len(combinations)
     n_images = len(train_images) + len(evaluation.images)
 
     def cached_bytes(node: str) -> int:
@@ -284,7 +296,7 @@ def run_sweep(
 
     chunks = plan_chunks({n: cached_bytes(n) for n in todo}, budget)
     new_file = not results_path.exists()
-    finished = len(candidates) - len(todo)
+    finished = n_candidates - len(todo) - len(combinations_todo)
     with open(results_path, "a", newline="") as handle:
         columns = result_columns(cfg.fpr_limit)
         missing = set(columns) - set(read_header(results_path) or columns)
@@ -303,27 +315,61 @@ def run_sweep(
             def extracting(images_done: int, part: str = part, done_before: int = done_before) -> None:
                 if progress is not None:
                     label = f"features of {images_done}/{n_images} images{part}"
-                    progress(label, done_before, len(candidates))
+                    progress(label, done_before, n_candidates)
 
             feats = _extract_chunk(backbone, chunk, cfg, train_images, evaluation, extracting)
             context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             aliases = _identical_nodes(chunk, context.train, context.test)
             unique = [n for n in chunk if n not in aliases]
             for result in _with_aliases(_map_nodes(context, unique, cfg.workers), aliases):
-                info = infos[result.node]
-                result.channels, result.height, result.width = info.channels, info.height, info.width
-                result.stride = info.stride
-                result.relative_rf = None if relative_rf is None else relative_rf.get(result.node)
+                _describe(result, infos, relative_rf)
                 writer.writerow({k: _fmt(v) for k, v in result.row().items()})
                 handle.flush()
                 finished += 1
                 if progress is not None:
-                    progress(result.node, finished, len(candidates))
+                    progress(result.node, finished, n_candidates)
             del context, feats  # the chunk's features go before the next chunk is extracted
+        if combinations_todo:  # one more pass, over the union of their nodes
+            union = [n for n in infos if any(n in candidate_nodes(c) for c in combinations_todo)]
+            feats = _extract_chunk(backbone, union, cfg, train_images, evaluation)
+            context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
+            for combination in combinations_todo:
+                result = _describe(_score_node(context, combination), infos, None)
+                writer.writerow({k: _fmt(v) for k, v in result.row().items()})
+                handle.flush()
+                finished += 1
+                if progress is not None:
+                    progress(result.node, finished, n_candidates)
+            del context, feats
     rows = read_results(results_path, cfg.fpr_limit)
     if skipped:
         (out_dir / "skipped_nodes.txt").write_text("\n".join(skipped) + "\n")
-    return [rows[n] for n in candidates if n in rows]
+    return [rows[n] for n in [*candidates, *combinations] if n in rows]
+
+
+def default_candidates(cfg: SweepConfig, backbone: Any) -> list[str]:
+    """With ``cfg.with_default``: the detector's default nodes on this backbone as one candidate
+    name (``blocks.2.1.add+blocks.4.2.add`` for PatchCore on EfficientNet-Lite0); else none."""
+    if not cfg.with_default:
+        return []
+    from stratad.backbones import resolve_nodes
+    from stratad.backbones.stages import stage_info
+    from stratad.detectors import detector_class
+
+    rule = detector_class(cfg.detector).default_nodes
+    nodes = resolve_nodes(backbone, rule.resolve(*stage_info(backbone), backbone=cfg.backbone))
+    return [COMBINATION_SEPARATOR.join(nodes)]
+
+
+def _describe(result: NodeResult, infos: dict[str, Any], relative_rf: dict[str, float] | None) -> NodeResult:
+    """Shape columns of a row: a node's own; a combination's summed channels, largest map, finest
+    stride (and no single receptive field)."""
+    parts = [infos[n] for n in candidate_nodes(result.node)]
+    result.channels = sum(p.channels for p in parts)
+    result.height, result.width = max(p.height for p in parts), max(p.width for p in parts)
+    result.stride = min(p.stride for p in parts)
+    result.relative_rf = None if relative_rf is None or len(parts) > 1 else relative_rf.get(result.node)
+    return result
 
 
 def _extract_chunk(

@@ -11,8 +11,8 @@ from typing import Any
 from stratad._progress import Reporter
 from stratad.data.datasets import DataSource, MissingMasks
 from stratad.errors import StratadError
+from stratad.selection.config import SweepConfig, candidate_nodes
 from stratad.selection.select import Criterion, SelectionResult
-from stratad.selection.sweep import SweepConfig
 
 
 def check_sweep_setup(cfg: SweepConfig) -> SweepConfig:
@@ -108,7 +108,7 @@ def select_to_folder(
     if fit_final:
         pipe = Pipeline(
             backbone=cfg.backbone,
-            nodes=[result.node],
+            nodes=candidate_nodes(result.node),
             detector=cfg.detector,
             image_size=cfg.image_size,
             weights=cfg.weights,
