@@ -295,6 +295,12 @@ def predict(
     console.print(f"scored {summary.n_images} images -> {out}")
 
 
+class CategoryChoice(str, Enum):
+    auto = "auto"
+    object = "object"
+    texture = "texture"
+
+
 class ExportFormat(str, Enum):
     onnx = "onnx"
 
@@ -437,6 +443,10 @@ def select(
         bool, typer.Option("--fit-final/--no-fit-final", help="fit the chosen node on all training images")
     ] = True,
     rf: RfOpt = True,
+    category_type: Annotated[
+        CategoryChoice,
+        typer.Option(help="NSA's settings: object, texture, or auto (detected from the images)"),
+    ] = CategoryChoice.auto,
     report: Reporter = Reporter(),
 ) -> None:
     """Pick the best node for this application from synthetic defects (no real defect needed)."""
@@ -444,7 +454,7 @@ def select(
 
     run = select_to_folder(
         source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, fit_final=fit_final, rf=rf,
-        reporter=report,
+        category_type=category_type.value, reporter=report,
     )  # fmt: skip
     r, v = run.result, run.result.validation
     print_top(run, f"top {top_k} nodes by synthetic {r.criterion} ({defects.value})")

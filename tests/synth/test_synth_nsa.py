@@ -81,3 +81,32 @@ def test_foreground_of_an_object_on_black() -> None:
 def test_foreground_of_textures_and_flat_images_is_everything() -> None:
     assert foreground_mask(make_texture(4)).all()
     assert foreground_mask(np.full((32, 32, 3), 7, dtype=np.uint8)).all()
+
+
+def test_official_settings_by_category_type() -> None:
+    """Objects: up to 3 patches, on the product; textures: up to 4, anywhere. The first patch always,
+    each further one with probability 1/2 (so one patch alone has probability 1/4 resp. 1/8)."""
+    from stratad.synth.nsa import NSADefect
+
+    obj = build_defect("nsa")
+    tex = build_defect("nsa", category_type="texture")
+    assert isinstance(obj, NSADefect) and isinstance(tex, NSADefect)
+    assert (obj.max_patches, obj.uses_foreground) == (3, True)
+    assert (tex.max_patches, tex.uses_foreground) == (4, False)
+    rng = np.random.default_rng(0)
+    counts = np.array([tex._patch_count(rng) for _ in range(4000)])
+    assert set(counts) == {1, 2, 3, 4}
+    assert abs((counts == 1).mean() - 1 / 8) < 0.02 and abs(counts.mean() - 2.5) < 0.05
+    # Crop half-widths: 0.03 + Gamma(2, 0.05) of the side, clipped to [0.03, 0.4]: mean side ~0.26.
+    sides = np.array([obj._crop_side(256, rng) for _ in range(4000)]) / 256
+    assert sides.min() >= 0.06 - 1e-9 and sides.max() <= 0.8 + 1e-9
+    assert abs(sides.mean() - 2 * (0.03 + 0.1)) < 0.01
+    scales = np.array([obj._scale(rng) for _ in range(2000)])
+    assert scales.min() == 0.7 and scales.max() == 1.3  # N(1, 0.5) clipped: both bounds are hit
+
+
+def test_category_type_is_detected() -> None:
+    from stratad.synth.foreground import detect_category_type
+
+    assert detect_category_type([make_texture(s) for s in range(4)]) == "texture"
+    assert detect_category_type([make_object(s)[0] for s in range(4)]) == "object"

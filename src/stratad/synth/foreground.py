@@ -51,3 +51,17 @@ def foreground_mask(
 def _kernel_size(height: int, width: int) -> int:
     """Odd structuring-element size growing with the image: 3 px at 64, 5 at 256, 9 at 512."""
     return 2 * max(1, round(min(height, width) / 128)) + 1
+
+
+#: an image set counts as a texture when its foreground covers at least this share of the pixels
+TEXTURE_FOREGROUND_FRACTION = 0.9
+
+
+def detect_category_type(images: list[np.ndarray], threshold: float = 20.0) -> str:
+    """``"texture"`` when the foreground of the images (:func:`foreground_mask`) covers on average at
+    least :data:`TEXTURE_FOREGROUND_FRACTION` of the pixels (no flat background: fabric, tiles,
+    wood), else ``"object"`` (a product on a background). It chooses NSA's official settings."""
+    if not images:
+        raise ValueError("detect_category_type needs at least one image")
+    covered = float(np.mean([foreground_mask(image, threshold).mean() for image in images]))
+    return "texture" if covered >= TEXTURE_FOREGROUND_FRACTION else "object"

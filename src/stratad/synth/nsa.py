@@ -46,14 +46,41 @@ class CloneMode(str, enum.Enum):
     mixed = "mixed"
 
 
+class CategoryType(str, enum.Enum):
+    """NSA's two settings (Schlüter et al.'s official code): objects keep their defects on the
+    product and blend up to 3 patches; textures blend up to 4 anywhere."""
+
+    object = "object"
+    texture = "texture"
+
+
+class PatchSampling(str, enum.Enum):
+    """How patch sizes, scales and counts are drawn."""
+
+    #: the official implementation: each crop half-width 0.03 + Gamma(shape 2, scale 0.05) of the
+    #: image side, clipped to ``half_width_range``; the scale N(1, 0.5) clipped to ``scale_range``;
+    #: the first patch always, each further one with probability 1/2
+    official = "official"
+    #: crop sides uniform in ``patch_side_fraction_range``, scale uniform in ``scale_range``,
+    #: 1..max_patches patches uniformly (stratad before the official defaults)
+    uniform = "uniform"
+
+
+#: (max_patches, foreground) of each category type
+_CATEGORY_SETTINGS = {CategoryType.object: (3, True), CategoryType.texture: (4, False)}
+
+
 @dataclass(frozen=True)
 class NSAConfig(DefectConfig):
     """Hyper-parameters of :class:`NSADefect`.
 
-    ``max_patches``: each defect blends 1..max_patches patches (uniformly drawn).
-    ``patch_side_fraction_range``: crop height / width as a fraction of the target's height / width
-    (the paper's half-width bounds 0.05-0.2).
-    ``scale_range``: the crop is resized by a factor drawn uniformly from this range (paper: 0.7-1.3).
+    ``category_type``: ``object`` or ``texture``, the official code's two settings (see
+    :class:`CategoryType`); it fills in ``max_patches`` and ``foreground`` when they are None.
+    ``sampling``: ``official`` or ``uniform`` (see :class:`PatchSampling`).
+    ``max_patches``: the most patches one defect blends.
+    ``half_width_range``: ``official``: bounds of a crop's half-width as a fraction of the side.
+    ``patch_side_fraction_range``: ``uniform``: crop height / width as a fraction of the target's.
+    ``scale_range``: the crop is resized by a factor within this range (official: 0.7-1.3).
     ``foreground``: keep crops and defects on the product (see :func:`foreground_mask`); off for
     textures where the whole image is product anyway.
     ``foreground_threshold``: intensity difference (0-255) from the background that counts as product.
@@ -65,11 +92,16 @@ class NSAConfig(DefectConfig):
     ``max_attempts``: fresh draws before giving up when a blend changes nothing visible.
     """
 
-    max_patches: int = 3
+    category_type: CategoryType = CategoryType.object
+    sampling: PatchSampling = PatchSampling.official
+    #: None: from ``category_type`` (objects 3, textures 4)
+    max_patches: int | None = None
+    half_width_range: tuple[float, float] = (0.03, 0.4)
     patch_side_fraction_range: tuple[float, float] = (0.1, 0.4)
     scale_range: tuple[float, float] = (0.7, 1.3)
     clone_mode: CloneMode = CloneMode.normal
-    foreground: bool = True
+    #: None: from ``category_type`` (objects on, textures off)
+    foreground: bool | None = None
     foreground_threshold: float = 20.0
     min_foreground_fraction: float = 0.25
     change_threshold: float = 3.0
@@ -78,8 +110,9 @@ class NSAConfig(DefectConfig):
     max_attempts: int = 10
 
     def validate(self) -> None:
-        if self.max_patches < 1:
+        if self.max_patches is not None and self.max_patches < 1:
             raise DataError(f"option max_patches must be >= 1, got {self.max_patches!r}")
+        check_range("half_width_range", self.half_width_range, 0.0, 0.5)
         check_range("patch_side_fraction_range", self.patch_side_fraction_range, 0.0, 1.0)
         check_range("scale_range", self.scale_range, 0.0, None)
         if not isinstance(self.clone_mode, CloneMode):
@@ -133,9 +166,37 @@ class NSADefect(DefectGenerator):
             "uniform or their foreground too small (try foreground=False or a lower change_threshold)"
         )
 
+    @property
+    def max_patches(self) -> int:
+        chosen = self.config.max_patches
+        return _CATEGORY_SETTINGS[self.config.category_type][0] if chosen is None else chosen
+
+    @property
+    def uses_foreground(self) -> bool:
+        chosen = self.config.foreground
+        return _CATEGORY_SETTINGS[self.config.category_type][1] if chosen is None else chosen
+
+    def _patch_count(self, rng: np.random.Generator) -> int:
+        if self.config.sampling is PatchSampling.uniform:
+            return int(rng.integers(1, self.max_patches + 1))
+        return 1 + int((rng.random(self.max_patches - 1) < 0.5).sum())
+
+    def _crop_side(self, side: int, rng: np.random.Generator) -> float:
+        cfg = self.config
+        if cfg.sampling is PatchSampling.uniform:
+            return float(rng.uniform(*cfg.patch_side_fraction_range)) * side
+        low, high = cfg.half_width_range
+        return 2.0 * float(np.clip(0.03 + rng.gamma(2.0, 0.05), low, high)) * side
+
+    def _scale(self, rng: np.random.Generator) -> float:
+        cfg = self.config
+        if cfg.sampling is PatchSampling.uniform:
+            return float(rng.uniform(*cfg.scale_range))
+        return float(np.clip(rng.normal(1.0, 0.5), *cfg.scale_range))
+
     def _foreground(self, image: np.ndarray) -> np.ndarray | None:
         """The product mask, or ``None`` when every pixel counts (faster placement)."""
-        if not self.config.foreground:
+        if not self.uses_foreground:
             return None
         mask = foreground_mask(image, self.config.foreground_threshold)
         return None if mask.all() else mask
@@ -151,7 +212,7 @@ class NSADefect(DefectGenerator):
         cfg = self.config
         current = target.copy()
         pasted = np.zeros(target.shape[:2], dtype=bool)
-        for _ in range(int(rng.integers(1, cfg.max_patches + 1))):
+        for _ in range(self._patch_count(rng)):
             blended = self._blend_patch(current, source, target_fg, source_fg, rng)
             if blended is None:
                 continue
@@ -184,10 +245,9 @@ class NSADefect(DefectGenerator):
         height, width = current.shape[:2]
         src_h, src_w = source.shape[:2]
         usable_h, usable_w = height - 2 * _MARGIN, width - 2 * _MARGIN
-        lo, hi = cfg.patch_side_fraction_range
-        crop_h = max(pixel_length(rng.uniform(lo, hi) * height, src_h), _MIN_CLONE_SIDE)
-        crop_w = max(pixel_length(rng.uniform(lo, hi) * width, src_w), _MIN_CLONE_SIDE)
-        scale = rng.uniform(*cfg.scale_range)
+        crop_h = max(pixel_length(self._crop_side(height, rng), src_h), _MIN_CLONE_SIDE)
+        crop_w = max(pixel_length(self._crop_side(width, rng), src_w), _MIN_CLONE_SIDE)
+        scale = self._scale(rng)
         patch_h = max(pixel_length(crop_h * scale, usable_h), _MIN_CLONE_SIDE + 2)
         patch_w = max(pixel_length(crop_w * scale, usable_w), _MIN_CLONE_SIDE + 2)
         crop = self._place(source_fg, (src_h, src_w), crop_h, crop_w, 0, rng)

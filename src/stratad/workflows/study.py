@@ -80,11 +80,13 @@ def select_to_folder(
     top_k: int = 5,
     fit_final: bool = True,
     rf: bool = True,
+    category_type: str = "auto",
     reporter: Reporter | None = None,
 ) -> SweepRun:
     """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
     ``source`` (Heckler & König); write nodes.csv, selected.json and, with ``fit_final``, the chosen
-    node fitted on all training images as model.stratad."""
+    node (or the default combination, when it wins) fitted on all training images as model.stratad.
+    ``category_type`` (object, texture, or auto: detected from the images) picks NSA's settings."""
     from stratad.pipeline import Pipeline
     from stratad.selection import select_features
     from stratad.selection.select import check_criterion
@@ -99,10 +101,18 @@ def select_to_folder(
     check_sweep_setup(cfg)
     split = source.load()
     _fix_bit_depth(cfg, split.train)
+    defect_params: dict[str, Any] = {}
+    if defects == "nsa":
+        kind = category_type if category_type != "auto" else _detect_category_type(split.train, cfg)
+        defect_params["category_type"] = kind
+        reporter.note(
+            f"NSA settings for {'a texture' if kind == 'texture' else 'an object'}"
+            f"{' (detected)' if category_type == 'auto' else ''}"
+        )
     relative_rf = _relative_rf(cfg, rf, reporter)
     with reporter.count("scoring nodes") as update:
         result = select_features(
-            split.train, cfg, out, defects, criterion, top_k, progress=update, relative_rf=relative_rf
+            split.train, cfg, out, defects, criterion, top_k, defect_params, update, relative_rf
         )
     run = SweepRun(result, out, len(split.train))
     if fit_final:
@@ -123,6 +133,16 @@ def select_to_folder(
         run.model = out / "model.stratad"
         pipe.save(run.model)
     return run
+
+
+def _detect_category_type(train: Sequence[Any], cfg: SweepConfig, count: int = 16) -> str:
+    """Object or texture, from up to ``count`` training images spread over the set."""
+    from stratad.data.io import read_image_resized
+    from stratad.synth.foreground import detect_category_type
+
+    step = max(1, len(train) // count)
+    images = [read_image_resized(r.path, cfg.image_size, cfg.bit_depth) for r in train[::step][:count]]
+    return detect_category_type(images)
 
 
 def sweep_to_folder(
