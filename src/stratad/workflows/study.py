@@ -103,7 +103,7 @@ def select_to_folder(
     _fix_bit_depth(cfg, split.train)
     defect_params: dict[str, Any] = {}
     if defects == "nsa":
-        kind = category_type if category_type != "auto" else _detect_category_type(split.train, cfg)
+        kind = category_type if category_type != "auto" else detect_category_type(split.train, cfg)
         defect_params["category_type"] = kind
         reporter.note(
             f"NSA settings for {'a texture' if kind == 'texture' else 'an object'}"
@@ -135,7 +135,7 @@ def select_to_folder(
     return run
 
 
-def _detect_category_type(train: Sequence[Any], cfg: SweepConfig, count: int = 16) -> str:
+def detect_category_type(train: Sequence[Any], cfg: SweepConfig, count: int = 16) -> str:
     """Object or texture, from up to ``count`` training images spread over the set."""
     from stratad.data.io import read_image_resized
     from stratad.synth.foreground import detect_category_type
