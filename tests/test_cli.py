@@ -79,13 +79,17 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
 
     data = make_mvtec(tmp_path / "data", n_train=16)
     common = ["--nodes", "blocks.1,blocks.2", "--image-size", "64", "-p", "coreset_size=50", "--no-progress"]
-    sel = run("select", "--data", str(data), "--defects", "cutpaste", "--out", str(tmp_path / "sel"), *common)
+    sel = run(
+        "select", "--data", str(data), "--defects", "cutpaste", "--out", str(tmp_path / "sel"), "--final",
+        "selection", *common,
+    )  # fmt: skip
     assert sel.returncode == 0, sel.stderr
     chosen = json.loads((tmp_path / "sel" / "selected.json").read_text())["node"]
     with open(tmp_path / "sel" / "nodes.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert chosen == max(rows, key=lambda r: float(r["p_h"]))["node"]
     assert (tmp_path / "sel" / "model.stratad").is_file()
+    assert "final model on 11 of 16 training images" in sel.stderr  # D_T, the paper's protocol
     # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about.
     assert "ranked on 1 good + 4 synthetic validation images (fit on 11)" in sel.stderr
     assert "warning: fewer than 10 good or synthetic validation images" in sel.stderr

@@ -47,7 +47,7 @@ def test_1_typo_in_nodes_leaves_no_stamp_behind(tmp_path: Path) -> None:
     common = ["select", "--data", str(data), "--out", str(tmp_path / "sel"), "-p", "coreset_size=30", *SMALL]
     assert "blocks.42" in error_line(stratad(*common, "--nodes", "blocks.42", "--no-rf"))
     assert not (tmp_path / "sel" / "sweep.json").exists()
-    fixed = stratad(*common, "--nodes", "blocks.2", "--no-rf", "--workers", "1", "--no-fit-final")
+    fixed = stratad(*common, "--nodes", "blocks.2", "--no-rf", "--workers", "1", "--final", "none")
     assert fixed.returncode == 0, fixed.stderr
 
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from stratad._progress import Reporter, console, results
 from stratad.data.datasets import DatasetKind, DataSource, MissingMasks
 from stratad.errors import StratadError
-from stratad.selection.config import MIN_VALIDATION_IMAGES, Criterion, SweepConfig
+from stratad.selection.config import MIN_VALIDATION_IMAGES, Criterion, FinalFit, SweepConfig
 from stratad.synth.base import DefectKind
 from stratad.workflows.predict import MapFormat, OverlayFormat
 
@@ -439,9 +439,13 @@ def select(
         Criterion, typer.Option(help="p_h (harmonic mean of image AUROC and AU-PRO) or p_cls (image AUROC)")
     ] = Criterion.p_h,
     top_k: Annotated[int, typer.Option(help="how many top nodes to print")] = 5,
-    fit_final: Annotated[
-        bool, typer.Option("--fit-final/--no-fit-final", help="fit the chosen node on all training images")
-    ] = True,
+    final: Annotated[
+        FinalFit,
+        typer.Option(
+            help="the model.stratad written: the chosen node fitted on all training images, on the D_T "
+            "part the selection used (the paper's protocol), or none"
+        ),
+    ] = FinalFit.all,
     rf: RfOpt = True,
     category_type: Annotated[
         CategoryChoice,
@@ -453,7 +457,7 @@ def select(
     from stratad.workflows import select_to_folder
 
     run = select_to_folder(
-        source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, fit_final=fit_final, rf=rf,
+        source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, final=final, rf=rf,
         category_type=category_type.value, reporter=report,
     )  # fmt: skip
     r, v = run.result, run.result.validation
@@ -468,7 +472,7 @@ def select(
         )
     console.print(f"selected {r.node} ({r.criterion} = {r.value:.4f}) -> {out / 'selected.json'}")
     if run.model is not None:
-        console.print(f"final model on all {run.n_train} training images -> {run.model}")
+        console.print(f"final model on {run.n_final} of {run.n_train} training images -> {run.model}")
 
 
 @app.command()

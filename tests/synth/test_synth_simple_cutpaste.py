@@ -111,4 +111,4 @@ def test_selection_study_geometry_sides_and_border(kind: str) -> None:
     small = rng.integers(1, 256, (64, 64, 3), dtype=np.uint8)
     for seed in range(20):
         y, x, h, w = _box(gen(small, small[::-1].copy(), np.random.default_rng(seed)).mask)
-        assert 0 <= y and y + h <= 64 and min(y, 64 - y - h) >= min(20, (64 - h) // 2)
+        assert y >= 0 and y + h <= 64 and min(y, 64 - y - h) >= min(20, (64 - h) // 2)

@@ -14,6 +14,17 @@ from typing import Any
 MIN_VALIDATION_IMAGES = 10
 
 
+class FinalFit(str, enum.Enum):
+    """What ``select`` fits for the chosen node."""
+
+    #: every training image (stratad's default: the most normal data)
+    all = "all"
+    #: D_T, the 70 % the selection fitted each node on (the selection study's protocol)
+    selection = "selection"
+    #: no model
+    none = "none"
+
+
 class Criterion(str, enum.Enum):
     p_h = "p_h"
     p_cls = "p_cls"

@@ -6,13 +6,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratad._progress import Reporter
 from stratad.data.datasets import DataSource, MissingMasks
 from stratad.errors import StratadError
-from stratad.selection.config import SweepConfig, candidate_nodes
-from stratad.selection.select import Criterion, SelectionResult
+from stratad.selection.config import Criterion, FinalFit, SweepConfig, candidate_nodes
+
+if TYPE_CHECKING:
+    from stratad.selection.select import SelectionResult
 
 
 def check_sweep_setup(cfg: SweepConfig) -> SweepConfig:
@@ -64,8 +66,10 @@ class SweepRun:
     result: SelectionResult
     out: Path
     n_train: int
-    #: the chosen node fitted on all training images (``select --fit-final``)
+    #: the chosen node's final model (``select --final``)
     model: Path | None = None
+    #: the images it was fitted on
+    n_final: int = 0
     #: defective test images left out of the pixel metrics for want of a mask (``sweep``)
     n_missing_masks: int = 0
 
@@ -78,14 +82,15 @@ def select_to_folder(
     defects: str = "nsa",
     criterion: Criterion | str = Criterion.p_h,
     top_k: int = 5,
-    fit_final: bool = True,
+    final: FinalFit | str = "all",
     rf: bool = True,
     category_type: str = "auto",
     reporter: Reporter | None = None,
 ) -> SweepRun:
     """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
-    ``source`` (Heckler & König); write nodes.csv, selected.json and, with ``fit_final``, the chosen
-    node (or the default combination, when it wins) fitted on all training images as model.stratad.
+    ``source`` (Heckler & König); write nodes.csv, selected.json and model.stratad: the chosen node
+    (or the default combination, when it wins) fitted on all training images (``final="all"``), on
+    the D_T part the selection fitted on (``"selection"``, the paper's protocol), or none.
     ``category_type`` (object, texture, or auto: detected from the images) picks NSA's settings."""
     from stratad.pipeline import Pipeline
     from stratad.selection import select_features
@@ -115,7 +120,11 @@ def select_to_folder(
             split.train, cfg, out, defects, criterion, top_k, defect_params, update, relative_rf
         )
     run = SweepRun(result, out, len(split.train))
-    if fit_final:
+    final = FinalFit(final)
+    if final is not FinalFit.none:
+        from stratad.selection.split import selection_split
+
+        images = split.train if final is FinalFit.all else selection_split(split.train, seed=cfg.seed).fit
         pipe = Pipeline(
             backbone=cfg.backbone,
             nodes=candidate_nodes(result.node),
@@ -128,9 +137,9 @@ def select_to_folder(
             device=cfg.device,
             bit_depth=cfg.bit_depth,
         )
-        with reporter.bar("final fit", len(split.train)) as advance:
-            pipe.fit(split.train, advance)
-        run.model = out / "model.stratad"
+        with reporter.bar("final fit", len(images)) as advance:
+            pipe.fit(images, advance)
+        run.model, run.n_final = out / "model.stratad", len(images)
         pipe.save(run.model)
     return run
 
