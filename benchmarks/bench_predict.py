@@ -109,6 +109,73 @@ def in_process_rates(model: Path, folder: Path, work: Path) -> dict[str, float]:
     return {k: round(v, 1) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
+def run_anomalib(args: argparse.Namespace, folder: Path) -> dict[str, object]:
+    """anomalib 2.x PatchCore (same backbone weights, layers, input size and coreset size) fitted once
+    on --anomalib-train MTD training images, then `Engine.predict` on the folder in a fresh process,
+    --repeat times (benchmarks/anomalib_predict.py). Its fit is slow (~1 min for 100 images here),
+    and the predict rate does not depend on the training set size."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from stratad.backbones import build_backbone
+    from stratad.data import load_dataset
+
+    work = args.work / "anomalib"
+    train = work / "train"
+    train.mkdir(parents=True, exist_ok=True)
+    weights = work / "lite0_timm.pt"
+    if not weights.is_file():
+        torch.save(build_backbone("efficientnet_lite0").model.state_dict(), weights)
+    from PIL import Image
+
+    for i, record in enumerate(load_dataset(MTD, "mtd").train[: args.anomalib_train]):
+        target = train / f"{i:03d}.png"
+        if not target.is_file():
+            Image.open(record.path).convert("RGB").save(target)
+    script = str(ROOT / "benchmarks" / "anomalib_predict.py")
+    python = str(args.anomalib_python)
+    if not (work / "run" / "patchcore.ckpt").is_file():
+        fitted = subprocess.run(
+            [
+                python,
+                script,
+                "fit",
+                "--weights",
+                str(weights),
+                "--train",
+                str(train),
+                "--work",
+                str(work / "run"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if fitted.returncode != 0:
+            raise SystemExit(fitted.stderr[-2000:])
+    walls, inside = [], []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [python, script, "predict", "--work", str(work / "run"), "--images", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        walls.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-2000:])
+        inside.append(json.loads(proc.stdout.strip().splitlines()[-1])["predict_seconds"])
+    wall, predict_s = statistics.median(walls), statistics.median(inside)
+    row = {
+        "tool": "anomalib PatchCore, Engine.predict with its default visualiser",
+        "images": args.count,
+        "wall_seconds_median": round(wall, 2),
+        "images_per_second_with_start": round(args.count / wall, 2),
+        "images_per_second_predict_call": round(args.count / predict_s, 2),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,6 +185,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=83)
     parser.add_argument("--side", type=int, default=900)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--anomalib-python",
+        type=Path,
+        help="interpreter with anomalib 2.x installed: also run anomalib's PatchCore predict on the folder",
+    )
+    parser.add_argument("--anomalib-train", type=int, default=100, help="training images for anomalib's fit")
     args = parser.parse_args()
     if not (MTD / "MT_Free").is_dir():
         sys.exit(f"needs the MTD dataset at {MTD}")
@@ -170,12 +243,12 @@ def main() -> None:
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
-    try:
-        import anomalib  # noqa: F401
-
-        anomalib_note = "installed, but no anomalib comparison is scripted here yet"
-    except ImportError:
-        anomalib_note = "not installed: no comparison run"
+    anomalib_row = run_anomalib(args, folder) if args.anomalib_python else None
+    anomalib_note = (
+        "compared: benchmarks/anomalib_predict.py with --anomalib-python"
+        if anomalib_row
+        else "not run: pass --anomalib-python PATH (an interpreter with anomalib installed)"
+    )
     result = {
         "benchmark": "predict_end_to_end",
         "cpu_count": os.cpu_count(),
@@ -183,6 +256,7 @@ def main() -> None:
         "folder": f"{args.count} MTD test images upscaled to {args.side} x {args.side} PNG",
         "model": "efficientnet_lite0 256 px, patchcore blocks.2+blocks.4, coreset 1000, 571 MTD train images",
         "anomalib": anomalib_note,
+        "anomalib_results": anomalib_row,
         "overlays": "jpg (the default)",
         "in_process_images_per_second": in_process,
         "results": rows,
