@@ -116,7 +116,6 @@ def run_anomalib(args: argparse.Namespace, folder: Path) -> dict[str, object]:
     and the predict rate does not depend on the training set size."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "src"))
     from stratad.backbones import build_backbone
     from stratad.data import load_dataset
 
