@@ -270,8 +270,8 @@ CASES = [
     ),
     Case(
         "sweep",
-        "`--max-grid 0`",
-        lambda e: ["sweep", "--data", str(e.data), "--out", e.p("x"), "--max-grid", "0"],
+        "`--max-grid -1`",
+        lambda e: ["sweep", "--data", str(e.data), "--out", e.p("x"), "--max-grid", "-1"],
         "--max-grid",
     ),
     Case(

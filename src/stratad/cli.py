@@ -191,7 +191,11 @@ def sweep_settings(
     image_size: ImageSizeOpt = 256,
     batch_size: BatchOpt = 16,
     max_grid: Annotated[
-        int, typer.Option(help="average-pool larger node maps to this grid while sweeping")
+        int,
+        typer.Option(
+            help="average-pool larger node maps to this grid while sweeping; 0 = every node at its own "
+            "resolution (early nodes then cost far more)"
+        ),
     ] = 32,
     memory_mb: Annotated[
         int, typer.Option(help="RAM for cached node features (MB); 0 = half of what is free")

@@ -222,3 +222,12 @@ def test_a_non_default_aupro_limit_keeps_its_column(tmp_path: Path) -> None:
     for r in rows:
         a, b = float(r["image_auroc"]), float(r["aupro_10"])
         assert abs(float(r["p_h"]) - 2 * a * b / (a + b)) < 1e-5
+
+
+def test_max_grid_zero_keeps_every_node_at_its_own_resolution() -> None:
+    from stratad.selection.sweep import CachedFeatures
+
+    x = torch.rand(2, 4, 64, 48)
+    assert CachedFeatures(0)(x).shape == (2, 4, 64, 48)
+    assert CachedFeatures(16)(x).shape == (2, 4, 16, 16)
+    assert CachedFeatures(0)(x).dtype == torch.float16

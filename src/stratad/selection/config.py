@@ -141,6 +141,7 @@ class SweepConfig:
     batch_size: int = 16
     #: spatial maps larger than this are average-pooled to it before caching (bounds RAM and the
     #: coreset cost of very early nodes; 32 = stride 8 at 256 px)
+    #: 0 = every node at its own resolution (native; early nodes then cost far more)
     max_grid: int = 32
     #: RAM for one chunk of cached features; 0 = half of the memory available when the sweep starts
     memory_budget_mb: int = 0

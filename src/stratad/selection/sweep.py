@@ -93,8 +93,9 @@ def read_results(path: Path, fpr_limit: float = 0.3) -> dict[str, NodeResult]:
 
 class CachedFeatures(nn.Module):
     """What the sweep caches of a node: its map average-pooled to at most ``max_grid`` x
-    ``max_grid`` (pooled nodes unchanged), as float16 in the layout the backbone produced
-    (channels-last on the CPU, which the patch detectors pool fastest). Always a new tensor."""
+    ``max_grid`` (``max_grid=0``: at its own resolution; pooled nodes unchanged), as float16 in the
+    layout the backbone produced (channels-last on the CPU, which the patch detectors pool fastest).
+    Always a new tensor."""
 
     def __init__(self, max_grid: int) -> None:
         super().__init__()
@@ -291,7 +292,8 @@ def run_sweep(
 
     def cached_bytes(node: str) -> int:
         info = infos[node]
-        grid = min(info.height, cfg.max_grid) * min(info.width, cfg.max_grid) if info.height else 1
+        cap = cfg.max_grid or max(info.height, info.width)  # 0: the node's own resolution
+        grid = min(info.height, cap) * min(info.width, cap) if info.height else 1
         return n_images * info.channels * grid * 2
 
     chunks = plan_chunks({n: cached_bytes(n) for n in todo}, budget)
@@ -485,8 +487,10 @@ def check_sweep_config(cfg: SweepConfig) -> None:
         raise StratadError(f"image size must be at least 32 pixels, got {cfg.image_size}")
     if cfg.batch_size < 1:
         raise StratadError(f"batch size must be at least 1, got {cfg.batch_size}")
-    if cfg.max_grid < 1:
-        raise StratadError(f"--max-grid must be at least 1, got {cfg.max_grid}")
+    if cfg.max_grid < 0:
+        raise StratadError(
+            f"--max-grid must be at least 0 (0 = every node at its own resolution), got {cfg.max_grid}"
+        )
     if not cfg.nodes or any(not n.strip() for n in cfg.nodes):
         raise StratadError("no nodes given: pass 'all', a comma list or glob patterns")
     if not 0.0 < cfg.fpr_limit <= 1.0:
