@@ -118,15 +118,15 @@ def main() -> None:
         for kind in args.kinds.split(","):
             t1 = time.perf_counter()
             # NSA's official settings for the kind of images, detected as `stratad select` does.
-            params = {"category_type": detect_category_type(split.train, cfg)} if kind == "nsa" else {}
+            defect_params = {"category_type": detect_category_type(split.train, cfg)} if kind == "nsa" else {}
             result = select_features(
-                split.train, cfg, args.work / f"{kind}_s{seed}", defects=kind, defect_params=params
+                split.train, cfg, args.work / f"{kind}_s{seed}", defects=kind, defect_params=defect_params
             )
             # P_k (the extractor study's Table 4): mean real P_h of the k best synthetic single nodes.
             synthetic = [r for r in result.table if not r.same_as and COMBINATION_SEPARATOR not in r.node]
             ranked = [r.node for r in sorted(synthetic, key=lambda r: -r.value("p_h"))]
             row[kind] = {
-                "defect_params": params,
+                "defect_params": defect_params,
                 "p_k": {k: statistics.fmean(real[n].value("p_h") for n in ranked[:k]) for k in (1, 3, 5)},
                 "selected_node": result.node,
                 "synthetic_p_h": result.value,
