@@ -84,10 +84,18 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
         "selection", *common,
     )  # fmt: skip
     assert sel.returncode == 0, sel.stderr
-    chosen = json.loads((tmp_path / "sel" / "selected.json").read_text())["node"]
+    selected = json.loads((tmp_path / "sel" / "selected.json").read_text())
     with open(tmp_path / "sel" / "nodes.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert chosen == max(rows, key=lambda r: float(r["p_h"]))["node"]
+    best = max(rows, key=lambda r: float(r["p_h"]))["node"]
+    default = "blocks.2.1.add+blocks.4.2.add"
+    test = selected["default_test"]
+    if best == default:  # nothing to test: the default itself won
+        assert test is None and selected["node"] == default
+    else:  # the synthetic winner replaces the default only if it wins >= 95 % of the resamples
+        assert test["challenger"] == best and test["default"] == default and test["resamples"] == 100
+        assert selected["node"] == (best if test["win_rate"] >= 0.95 else default)
+        assert f"beat the default {default} in {test['win_rate']:.0%} of 100 bootstrap" in sel.stderr
     assert (tmp_path / "sel" / "model.stratad").is_file()
     assert "final model on 11 of 16 training images" in sel.stderr  # D_T, the paper's protocol
     # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about.

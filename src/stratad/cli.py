@@ -474,6 +474,13 @@ def select(
             f"warning: fewer than {MIN_VALIDATION_IMAGES} good or synthetic validation images: the "
             "ranking is unreliable (a node can win by one image); the default nodes may do better"
         )
+    if r.confirmation:
+        c = r.confirmation
+        console.print(
+            f"{'kept the default' if c['chosen'] == c['default'] else 'chose ' + c['challenger']}: "
+            f"{c['challenger']} beat the default {c['default']} in {c['win_rate']:.0%} of {c['resamples']} "
+            f"bootstrap resamples of the validation set (needs {c['level']:.0%})"
+        )
     console.print(f"selected {r.node} ({r.criterion} = {r.value:.4f}) -> {out / 'selected.json'}")
     if run.model is not None:
         console.print(f"final model on {run.n_final} of {run.n_train} training images -> {run.model}")

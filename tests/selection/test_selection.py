@@ -231,3 +231,22 @@ def test_max_grid_zero_keeps_every_node_at_its_own_resolution() -> None:
     assert CachedFeatures(0)(x).shape == (2, 4, 64, 48)
     assert CachedFeatures(16)(x).shape == (2, 4, 16, 16)
     assert CachedFeatures(0)(x).dtype == torch.float16
+
+
+def test_the_default_is_replaced_only_by_a_clear_winner(tmp_path: Path) -> None:
+    """Paired bootstrap on the validation set: an informative node beats a blind one in every
+    resample; the blind one never beats the informative one, so that default stays."""
+    from stratad.data import load_dataset as load
+    from stratad.selection.confirm import confirm_against_default
+    from stratad.selection.sweep import EvalSet, load_uint8_images
+
+    train = load(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    cfg = _twin_sweep()
+    split = selection_split(train, seed=0)
+    val = build_validation_set(split, "simple", 64, seed=0)
+    images = load_uint8_images(split.fit, 64)
+    evaluation = EvalSet(val.images, val.labels, list(val.masks))
+    clear = confirm_against_default(cfg, images, evaluation, "informative", "blind", resamples=40)
+    assert (clear.win_rate, clear.chosen) == (1.0, "informative")
+    kept = confirm_against_default(cfg, images, evaluation, "blind", "informative", resamples=40)
+    assert (kept.win_rate, kept.chosen) == (0.0, "informative")

@@ -37,6 +37,8 @@ class SelectionResult:
     aliases: dict[str, list[str]] = field(default_factory=dict)
     #: what the nodes were ranked on: {"fit": |D_T|, "good": good |D_V|, "defective": defective |D_V|}
     validation: dict[str, int] = field(default_factory=dict)
+    #: the challenger-vs-default bootstrap test (:mod:`stratad.selection.confirm`), when it ran
+    confirmation: dict[str, Any] | None = None
 
 
 def choose(
@@ -97,6 +99,7 @@ def select_features(
         "good": len(split.val_good),
         "defective": len(split.val_defect),
     }
+    _confirm_default(result, cfg, train_images, evaluation)
     payload = {
         "node": result.node,
         "criterion": result.criterion,
@@ -106,11 +109,34 @@ def select_features(
         "validation": result.validation,
         "top": [r.row() for r in result.top],
         "aliases": result.aliases,
+        "default_test": result.confirmation,
         "sweep": asdict(cfg),
     }
     text = json.dumps(payload, indent=2)
     atomic_write(out_dir / "selected.json", lambda tmp: Path(tmp).write_text(text))
     return result
+
+
+def _confirm_default(
+    result: SelectionResult, cfg: SweepConfig, train_images: Any, evaluation: EvalSet
+) -> None:
+    """With the default nodes among the candidates, the synthetic winner replaces them only when it
+    beats them clearly (:mod:`stratad.selection.confirm`); ``result`` is updated in place."""
+    if not cfg.with_default:
+        return
+    from stratad.backbones import build_backbone
+    from stratad.selection.confirm import confirm_against_default
+    from stratad.selection.sweep import default_candidates
+
+    default = default_candidates(cfg, build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed))[0]
+    rows = {r.node: r for r in result.table}
+    if result.node == default or default not in rows:
+        return
+    outcome = confirm_against_default(cfg, train_images, evaluation, result.node, default, result.criterion)
+    result.confirmation = asdict(outcome)
+    if outcome.chosen == default:
+        result.node = default
+        result.value = rows[default].value(CRITERION_COLUMN[Criterion(result.criterion)])
 
 
 def sweep_and_choose(

@@ -174,10 +174,20 @@ class ChunkContext:
     test: dict[str, torch.Tensor]
 
 
-def _score_node(context: ChunkContext, node: str) -> NodeResult:
-    """Fit and evaluate one candidate: a node, or a combination of nodes (one detector on all)."""
-    from stratad.metrics import aupro_key, evaluate
+@dataclass
+class CandidatePredictions:
+    """One candidate's outputs on the evaluation set: image scores (M,), and the maps of the images
+    that enter the pixel metrics on the lattice of the sweep (``pixel_stride``), beside their masks."""
 
+    image_scores: np.ndarray
+    maps: list[np.ndarray] | None
+    fit_s: float
+    score_s: float
+
+
+def _predict_node(context: ChunkContext, node: str) -> CandidatePredictions:
+    """Fit one candidate (a node, or a combination of nodes: one detector on all) and score the
+    evaluation set through the one inference path."""
     cfg = context.config
     ev = context.evaluation
     nodes = candidate_nodes(node)
@@ -194,9 +204,8 @@ def _score_node(context: ChunkContext, node: str) -> NodeResult:
     image_scores, raw_maps = det.module(nodes)(test)  # the one inference path
     scores = Scores(image_scores.numpy(), None if raw_maps is None else raw_maps.numpy())
     t2 = time.perf_counter()
+    full = None
     if scores.maps is not None:
-        truth = context.truth
-        assert truth is not None
         step = effective_pixel_stride(cfg)
         maps = postprocess_maps(scores.maps, cfg.image_size, cfg.smoothing_sigma)
         if ev.pixel_images is not None:
@@ -205,21 +214,51 @@ def _score_node(context: ChunkContext, node: str) -> NodeResult:
             full = list(np.ascontiguousarray(maps[:, ::step, ::step]))
         else:
             full = [resize_map(m, mask.shape)[::step, ::step] for m, mask in zip(maps, ev.masks, strict=True)]
+    return CandidatePredictions(scores.image_scores, full, t1 - t0, t2 - t1)
+
+
+def _score_node(context: ChunkContext, node: str) -> NodeResult:
+    """Fit and evaluate one candidate (see :func:`_predict_node`)."""
+    from stratad.metrics import aupro_key, evaluate
+
+    cfg = context.config
+    ev = context.evaluation
+    pred = _predict_node(context, node)
+    if pred.maps is not None:
+        assert context.truth is not None
         metrics = evaluate(
-            ev.labels, scores.image_scores, truth, full, fpr_limit=cfg.fpr_limit, pixel_images=ev.pixel_images
-        )
+            ev.labels, pred.image_scores, context.truth, pred.maps, fpr_limit=cfg.fpr_limit,
+            pixel_images=ev.pixel_images,
+        )  # fmt: skip
     else:
-        metrics = evaluate(ev.labels, scores.image_scores, fpr_limit=cfg.fpr_limit)
+        metrics = evaluate(ev.labels, pred.image_scores, fpr_limit=cfg.fpr_limit)
     return NodeResult(
         node=node,
         image_auroc=metrics["image_auroc"],
         pixel_auroc=metrics.get("pixel_auroc"),
         aupro=metrics.get(aupro_key(cfg.fpr_limit)),
         p_h=metrics.get("p_h"),
-        fit_s=round(t1 - t0, 3),
-        score_s=round(t2 - t1, 3),
+        fit_s=round(pred.fit_s, 3),
+        score_s=round(pred.score_s, 3),
         fpr_limit=cfg.fpr_limit,
     )
+
+
+def predict_candidates(
+    cfg: SweepConfig, train_images: torch.Tensor, evaluation: EvalSet, candidates: Sequence[str]
+) -> dict[str, CandidatePredictions]:
+    """Per-image outputs of a few candidates on the evaluation set, fitted exactly as the sweep fits
+    them (one backbone pass over the union of their nodes)."""
+    from stratad.backbones import build_backbone
+
+    backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
+    wanted = {n for c in candidates for n in candidate_nodes(c)}
+    from stratad.backbones import list_nodes
+
+    union = [i.name for i in list_nodes(backbone, image_size=cfg.image_size) if i.name in wanted]
+    feats = _extract_chunk(backbone, union, cfg, train_images, evaluation)
+    context = ChunkContext(cfg, evaluation, None, feats["train"], feats["test"])
+    return {c: _predict_node(context, c) for c in candidates}
 
 
 # The chunk a forked worker scores, handed over by the pool initializer (the fork shares its memory
