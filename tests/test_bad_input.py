@@ -269,6 +269,12 @@ CASES = [
         "--top-k",
     ),
     Case(
+        "select",
+        "`--folds -1`",
+        lambda e: ["select", "--data", str(e.data), "--out", e.p("x"), "--folds", "-1"],
+        "--folds",
+    ),
+    Case(
         "sweep",
         "`--max-grid -1`",
         lambda e: ["sweep", "--data", str(e.data), "--out", e.p("x"), "--max-grid", "-1"],

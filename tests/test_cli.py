@@ -98,9 +98,10 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
         assert f"beat the default {default} in {test['win_rate']:.0%} of 100 bootstrap" in sel.stderr
     assert (tmp_path / "sel" / "model.stratad").is_file()
     assert "final model on 11 of 16 training images" in sel.stderr  # D_T, the paper's protocol
-    # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about.
-    assert "ranked on 1 good + 4 synthetic validation images (fit on 11)" in sel.stderr
-    assert "warning: fewer than 10 good or synthetic validation images" in sel.stderr
+    # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about; 5 splits averaged.
+    assert "ranked on 5 splits of 1 good + 4 synthetic validation images each (fit on 11)" in sel.stderr
+    assert "warning: fewer than 10 good or synthetic validation images per split" in sel.stderr
+    assert sorted(p.name for p in (tmp_path / "sel" / "folds").iterdir()) == ["0", "1", "2", "3", "4"]
     # The two nodes asked for, and the detector's default pair as one more candidate.
     assert [r["node"] for r in rows] == ["blocks.1.1.add", "blocks.2.1.add", "blocks.2.1.add+blocks.4.2.add"]
     sw = run(

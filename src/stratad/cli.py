@@ -451,6 +451,13 @@ def select(
         ),
     ] = FinalFit.all,
     rf: RfOpt = True,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="D_T / D_V splits whose node scores are averaged; 0 = 5 when the validation set would "
+            "hold fewer than 10 good or synthetic images, else 1"
+        ),
+    ] = 0,
     category_type: Annotated[
         CategoryChoice,
         typer.Option(help="NSA's settings: object, texture, or auto (detected from the images)"),
@@ -462,17 +469,19 @@ def select(
 
     run = select_to_folder(
         source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, final=final, rf=rf,
-        category_type=category_type.value, reporter=report,
+        category_type=category_type.value, folds=folds, reporter=report,
     )  # fmt: skip
     r, v = run.result, run.result.validation
     print_top(run, f"top {top_k} nodes by synthetic {r.criterion} ({defects.value})")
-    console.print(
-        f"ranked on {v['good']} good + {v['defective']} synthetic validation images (fit on {v['fit']})"
-    )
+    folds, sizes = v["folds"], f"{v['good']} good + {v['defective']} synthetic validation images"
+    if folds > 1:
+        console.print(f"ranked on {folds} splits of {sizes} each (fit on {v['fit']}), scores averaged")
+    else:
+        console.print(f"ranked on {sizes} (fit on {v['fit']})")
     if min(v["good"], v["defective"]) < MIN_VALIDATION_IMAGES:
         console.print(
-            f"warning: fewer than {MIN_VALIDATION_IMAGES} good or synthetic validation images: the "
-            "ranking is unreliable (a node can win by one image); the default nodes may do better"
+            f"warning: fewer than {MIN_VALIDATION_IMAGES} good or synthetic validation images per split: "
+            "the ranking is unreliable (a node can win by a few images); the default nodes may do better"
         )
     if r.confirmation:
         c = r.confirmation

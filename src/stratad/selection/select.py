@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +18,16 @@ from typing import Any
 from stratad.data.datasets import ImageRecord
 from stratad.errors import StratadError
 from stratad.export.io import atomic_write
-from stratad.selection.config import CRITERION_COLUMN, Criterion, NodeResult, SweepConfig
+from stratad.metrics.summary import harmonic_mean
+from stratad.selection.config import (
+    CRITERION_COLUMN,
+    MIN_VALIDATION_IMAGES,
+    Criterion,
+    NodeResult,
+    SweepConfig,
+)
 from stratad.selection.split import selection_split
-from stratad.selection.sweep import EvalSet, load_uint8_images, run_sweep
+from stratad.selection.sweep import EvalSet, csv_cell, load_uint8_images, run_sweep
 from stratad.selection.validation import build_validation_set
 
 
@@ -70,6 +78,12 @@ def check_criterion(detector: str, criterion: Criterion | str) -> None:
         )
 
 
+#: Below :data:`MIN_VALIDATION_IMAGES` good or synthetic validation images (fewer than ~134 training
+#: images with the 70/30 and 25/75 splits), node scores are averaged over this many D_T / D_V splits,
+#: each with its own synthetic defects: one split of a small set ranks nodes by a handful of images.
+SMALL_SET_FOLDS = 5
+
+
 def select_features(
     train: Sequence[ImageRecord],
     cfg: SweepConfig,
@@ -80,32 +94,49 @@ def select_features(
     defect_params: dict[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     relative_rf: dict[str, float] | None = None,
+    folds: int = 0,
 ) -> SelectionResult:
+    """Score every candidate node on synthetic defects and choose (see the module docstring). With
+    ``folds`` > 1 the training set is split that many times (``out_dir/folds/<k>``, each resumable),
+    each split with its own defects, and the scores are averaged into ``out_dir/nodes.csv``; 0 (auto)
+    means :data:`SMALL_SET_FOLDS` for a small set and 1 otherwise."""
     check_criterion(cfg.detector, criterion)
-    split = selection_split(train, seed=cfg.seed)
-    train_images = load_uint8_images(split.fit, cfg.image_size, bit_depth=cfg.bit_depth)
-    # The defects' sources are the D_T images just loaded (the same arrays a re-read would give).
-    sources = [image.permute(1, 2, 0).numpy() for image in train_images]
-    val = build_validation_set(
-        split, defects, cfg.image_size, cfg.seed, cfg.bit_depth, sources, **(defect_params or {})
-    )
-    evaluation = EvalSet(val.images, val.labels, list(val.masks))
-    settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
-    result = sweep_and_choose(
-        cfg, train_images, evaluation, out_dir, criterion, top_k, progress, relative_rf, settings
-    )
+    if folds < 0:
+        raise StratadError(f"--folds must be at least 0 (0 = automatic), got {folds}")
+    first = selection_split(train, seed=cfg.seed)
+    small = min(len(first.val_good), len(first.val_defect)) < MIN_VALIDATION_IMAGES
+    folds = folds or (SMALL_SET_FOLDS if small else 1)
+    fold_rows, kept = [], None
+    for k in range(folds):
+        split = first if k == 0 else selection_split(train, seed=cfg.seed + k)
+        train_images = load_uint8_images(split.fit, cfg.image_size, bit_depth=cfg.bit_depth)
+        # The defects' sources are the D_T images just loaded (the same arrays a re-read would give).
+        sources = [image.permute(1, 2, 0).numpy() for image in train_images]
+        val = build_validation_set(
+            split, defects, cfg.image_size, cfg.seed + k, cfg.bit_depth, sources, **(defect_params or {})
+        )
+        evaluation = EvalSet(val.images, val.labels, list(val.masks))
+        settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
+        fold_dir = out_dir if folds == 1 else out_dir / "folds" / str(k)
+        fold_rows.append(run_sweep(cfg, train_images, evaluation, fold_dir, progress, relative_rf, settings))
+        if k == 0:
+            kept = (train_images, evaluation)
+    rows = fold_rows[0] if folds == 1 else _average_folds(fold_rows, out_dir / "nodes.csv", cfg.fpr_limit)
+    result = choose(rows, criterion, top_k)
     result.validation = {
-        "fit": len(split.fit),
-        "good": len(split.val_good),
-        "defective": len(split.val_defect),
+        "fit": len(first.fit),
+        "good": len(first.val_good),
+        "defective": len(first.val_defect),
+        "folds": folds,
     }
-    _confirm_default(result, cfg, train_images, evaluation)
+    assert kept is not None
+    _confirm_default(result, cfg, *kept)  # on the first split's validation set
     payload = {
         "node": result.node,
         "criterion": result.criterion,
         "value": result.value,
         "defects": defects,
-        "split": split.describe(),
+        "split": first.describe(),
         "validation": result.validation,
         "top": [r.row() for r in result.top],
         "aliases": result.aliases,
@@ -115,6 +146,47 @@ def select_features(
     text = json.dumps(payload, indent=2)
     atomic_write(out_dir / "selected.json", lambda tmp: Path(tmp).write_text(text))
     return result
+
+
+def _average_folds(fold_rows: list[list[NodeResult]], path: Path, fpr_limit: float) -> list[NodeResult]:
+    """Each candidate's metrics averaged over the folds (None where any fold has none), shape and
+    aliases from the first fold, times summed; written to ``path`` in the nodes.csv layout."""
+    import csv
+    import dataclasses
+    import io
+
+    from stratad.selection.config import result_columns
+
+    by_fold = [{r.node: r for r in rows} for rows in fold_rows]
+
+    def mean(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return None if len(present) < len(values) else statistics.fmean(present)
+
+    averaged = []
+    for first in fold_rows[0]:
+        same = [fold[first.node] for fold in by_fold if first.node in fold]
+        image_auroc, aupro = mean([r.image_auroc for r in same]), mean([r.aupro for r in same])
+        averaged.append(
+            dataclasses.replace(
+                first,
+                image_auroc=image_auroc or 0.0,
+                pixel_auroc=mean([r.pixel_auroc for r in same]),
+                aupro=aupro,
+                # P_h of the averaged parts, so the row stays the harmonic mean of its own columns.
+                p_h=None if image_auroc is None or aupro is None else harmonic_mean(image_auroc, aupro),
+                fit_s=round(sum(r.fit_s for r in same), 3),
+                score_s=round(sum(r.score_s for r in same), 3),
+            )
+        )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=result_columns(fpr_limit))
+    writer.writeheader()
+    for row in averaged:
+        writer.writerow({k: csv_cell(v) for k, v in row.row().items()})
+    text = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return averaged
 
 
 def _confirm_default(

@@ -364,7 +364,7 @@ def run_sweep(
             unique = [n for n in chunk if n not in aliases]
             for result in _with_aliases(_map_nodes(context, unique, cfg.workers), aliases):
                 _describe(result, infos, relative_rf)
-                writer.writerow({k: _fmt(v) for k, v in result.row().items()})
+                writer.writerow({k: csv_cell(v) for k, v in result.row().items()})
                 handle.flush()
                 finished += 1
                 if progress is not None:
@@ -376,7 +376,7 @@ def run_sweep(
             context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             for combination in combinations_todo:
                 result = _describe(_score_node(context, combination), infos, None)
-                writer.writerow({k: _fmt(v) for k, v in result.row().items()})
+                writer.writerow({k: csv_cell(v) for k, v in result.row().items()})
                 handle.flush()
                 finished += 1
                 if progress is not None:
@@ -512,7 +512,7 @@ def _map_nodes(context: ChunkContext, chunk: list[str], workers: int) -> Any:
     return results()
 
 
-def _fmt(value: Any) -> Any:
+def csv_cell(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else value

@@ -85,6 +85,7 @@ def select_to_folder(
     final: FinalFit | str = "all",
     rf: bool = True,
     category_type: str = "auto",
+    folds: int = 0,
     reporter: Reporter | None = None,
 ) -> SweepRun:
     """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
@@ -117,7 +118,7 @@ def select_to_folder(
     relative_rf = _relative_rf(cfg, rf, reporter)
     with reporter.count("scoring nodes") as update:
         result = select_features(
-            split.train, cfg, out, defects, criterion, top_k, defect_params, update, relative_rf
+            split.train, cfg, out, defects, criterion, top_k, defect_params, update, relative_rf, folds
         )
     run = SweepRun(result, out, len(split.train))
     final = FinalFit(final)
