@@ -270,8 +270,8 @@ CASES = [
     ),
     Case(
         "select",
-        "`--folds -1`",
-        lambda e: ["select", "--data", str(e.data), "--out", e.p("x"), "--folds", "-1"],
+        "`--folds 0`",
+        lambda e: ["select", "--data", str(e.data), "--out", e.p("x"), "--folds", "0"],
         "--folds",
     ),
     Case(

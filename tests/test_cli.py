@@ -81,7 +81,7 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
     common = ["--nodes", "blocks.1,blocks.2", "--image-size", "64", "-p", "coreset_size=50", "--no-progress"]
     sel = run(
         "select", "--data", str(data), "--defects", "cutpaste", "--out", str(tmp_path / "sel"), "--final",
-        "selection", *common,
+        "selection", "--folds", "5", *common,
     )  # fmt: skip
     assert sel.returncode == 0, sel.stderr
     selected = json.loads((tmp_path / "sel" / "selected.json").read_text())
@@ -98,7 +98,7 @@ def test_select_sweep_analyze_synth_rf(tmp_path: Path) -> None:
         assert f"beat the default {default} in {test['win_rate']:.0%} of 100 bootstrap" in sel.stderr
     assert (tmp_path / "sel" / "model.stratad").is_file()
     assert "final model on 11 of 16 training images" in sel.stderr  # D_T, the paper's protocol
-    # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about; 5 splits averaged.
+    # 16 good images: D_T 11, D_V 5 = 1 good + 4 synthetic, named and warned about; 5 splits asked for.
     assert "ranked on 5 splits of 1 good + 4 synthetic validation images each (fit on 11)" in sel.stderr
     assert "warning: fewer than 10 good or synthetic validation images per split" in sel.stderr
     assert sorted(p.name for p in (tmp_path / "sel" / "folds").iterdir()) == ["0", "1", "2", "3", "4"]

@@ -165,7 +165,7 @@ def test_fast_sweep_metrics_on_a_pixel_lattice(tmp_path: Path) -> None:
         rows[stride] = select_features(
             train, _twin_sweep(nodes=["informative"], pixel_stride=stride), out, defects="simple"
         ).table[0]
-        assert json.loads((out / "folds" / "0" / "sweep.json").read_text())["pixel_stride"] == stride
+        assert json.loads((out / "sweep.json").read_text())["pixel_stride"] == stride
     assert rows[1].image_auroc == rows[2].image_auroc
     assert rows[1].aupro != rows[2].aupro  # other pixels...
     assert rows[1].aupro == pytest.approx(rows[2].aupro, abs=0.03)  # ...same area

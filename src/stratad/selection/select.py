@@ -21,7 +21,6 @@ from stratad.export.io import atomic_write
 from stratad.metrics.summary import harmonic_mean
 from stratad.selection.config import (
     CRITERION_COLUMN,
-    MIN_VALIDATION_IMAGES,
     Criterion,
     NodeResult,
     SweepConfig,
@@ -78,12 +77,6 @@ def check_criterion(detector: str, criterion: Criterion | str) -> None:
         )
 
 
-#: Below :data:`MIN_VALIDATION_IMAGES` good or synthetic validation images (fewer than ~134 training
-#: images with the 70/30 and 25/75 splits), node scores are averaged over this many D_T / D_V splits,
-#: each with its own synthetic defects: one split of a small set ranks nodes by a handful of images.
-SMALL_SET_FOLDS = 5
-
-
 def select_features(
     train: Sequence[ImageRecord],
     cfg: SweepConfig,
@@ -94,18 +87,17 @@ def select_features(
     defect_params: dict[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     relative_rf: dict[str, float] | None = None,
-    folds: int = 0,
+    folds: int = 1,
 ) -> SelectionResult:
     """Score every candidate node on synthetic defects and choose (see the module docstring). With
     ``folds`` > 1 the training set is split that many times (``out_dir/folds/<k>``, each resumable),
-    each split with its own defects, and the scores are averaged into ``out_dir/nodes.csv``; 0 (auto)
-    means :data:`SMALL_SET_FOLDS` for a small set and 1 otherwise."""
+    each split with its own defects, and the scores are averaged into ``out_dir/nodes.csv``. Not the
+    default: on 21 MTD images, 5 averaged splits picked worse nodes than one split
+    (``benchmarks/small_set_selection.py``)."""
     check_criterion(cfg.detector, criterion)
-    if folds < 0:
-        raise StratadError(f"--folds must be at least 0 (0 = automatic), got {folds}")
+    if folds < 1:
+        raise StratadError(f"--folds must be at least 1, got {folds}")
     first = selection_split(train, seed=cfg.seed)
-    small = min(len(first.val_good), len(first.val_defect)) < MIN_VALIDATION_IMAGES
-    folds = folds or (SMALL_SET_FOLDS if small else 1)
     fold_rows, kept = [], None
     for k in range(folds):
         split = first if k == 0 else selection_split(train, seed=cfg.seed + k)

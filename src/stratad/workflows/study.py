@@ -85,7 +85,7 @@ def select_to_folder(
     final: FinalFit | str = "all",
     rf: bool = True,
     category_type: str = "auto",
-    folds: int = 0,
+    folds: int = 1,
     reporter: Reporter | None = None,
 ) -> SweepRun:
     """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
@@ -104,8 +104,8 @@ def select_to_folder(
     check_criterion(cfg.detector, criterion)
     if top_k < 1:
         raise StratadError(f"--top-k must be at least 1, got {top_k}")
-    if folds < 0:
-        raise StratadError(f"--folds must be at least 0 (0 = automatic), got {folds}")
+    if folds < 1:
+        raise StratadError(f"--folds must be at least 1, got {folds}")
     check_sweep_setup(cfg)
     split = source.load()
     _fix_bit_depth(cfg, split.train)
