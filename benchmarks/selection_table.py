@@ -34,7 +34,8 @@ from stratad.data.datasets import record_mask
 from stratad.evaluation import evaluate_pipeline
 from stratad.pipeline import Pipeline
 from stratad.selection import EvalSet, SweepConfig, run_sweep, select_features
-from stratad.selection.config import COMBINATION_SEPARATOR
+from stratad.selection.config import COMBINATION_SEPARATOR, candidate_nodes
+from stratad.selection.split import selection_split
 from stratad.selection.sweep import load_uint8_images
 from stratad.workflows.study import detect_category_type
 
@@ -45,6 +46,24 @@ MTD = ROOT.parent / "shared" / "datasets" / "mtd"
 def real_masks(records: list[Any]) -> list[np.ndarray]:
     """Ground truth at original size, through the one mask loader (a missing mask is an error)."""
     return [record_mask(r) for r in records]
+
+
+def official_p_h(
+    cache: Path, candidate: str, train: list[Any], test: list[Any], params: dict[str, Any], seed: int
+) -> float:
+    """Real-test P_h of `candidate` fitted on `train` through the Pipeline (official resolution)."""
+    if cache.is_file():
+        return float(json.loads(cache.read_text())["p_h"])
+    pipe = Pipeline(
+        nodes=candidate_nodes(candidate),
+        detector="patchcore",
+        image_size=256,
+        detector_params=params,
+        seed=seed,
+    ).fit(train)
+    metrics, _ = evaluate_pipeline(pipe, test)
+    cache.write_text(json.dumps(metrics, indent=2))
+    return float(metrics["p_h"])
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -132,6 +151,18 @@ def main() -> None:
                 "synthetic_p_h": result.value,
                 "real_p_h": real[result.node].value("p_h"),
                 "seconds": round(time.perf_counter() - t1, 1),
+                # The chosen node as `select --final all|selection` writes it, evaluated officially.
+                "final_model_p_h": {
+                    final: official_p_h(
+                        args.work / f"{kind}_s{seed}" / f"final_{final}.json",
+                        result.node,
+                        split.train if final == "all" else selection_split(split.train, seed=seed).fit,
+                        split.test,
+                        params,
+                        seed,
+                    )
+                    for final in ("all", "selection")
+                },
             }
         combo_file = args.work / f"default_s{seed}.json"
         if combo_file.is_file():
@@ -155,6 +186,11 @@ def main() -> None:
         "oracle_best_node": mean_std([r["oracle_p_h"] for r in per_seed]),
         "default_combination": mean_std([r["default_combination"]["real_p_h"] for r in per_seed]),
         **{f"selected_{k}": mean_std([r[k]["real_p_h"] for r in per_seed]) for k in kinds},
+        **{
+            f"selected_{k}_final_{f}": mean_std([r[k]["final_model_p_h"][f] for r in per_seed])
+            for k in kinds
+            for f in ("all", "selection")
+        },
         **{f"p_{n}_{k}": mean_std([r[k]["p_k"][n] for r in per_seed]) for k in kinds for n in (1, 3, 5)},
         "default_pair_selected": {
             k: sum(COMBINATION_SEPARATOR in r[k]["selected_node"] for r in per_seed) for k in kinds

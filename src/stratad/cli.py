@@ -483,7 +483,12 @@ def select(
             f"warning: fewer than {MIN_VALIDATION_IMAGES} good or synthetic validation images per split: "
             "the ranking is unreliable (a node can win by a few images); the default nodes may do better"
         )
-    if r.confirmation:
+    if r.confirmation and r.confirmation["win_rate"] is None:
+        c = r.confirmation
+        console.print(
+            f"kept the default {c['default']} over {c['challenger']}: {c['reason']} to test a challenger"
+        )
+    elif r.confirmation:
         c = r.confirmation
         console.print(
             f"{'kept the default' if c['chosen'] == c['default'] else 'chose ' + c['challenger']}: "
@@ -591,6 +596,7 @@ def demo(
 def main(argv: list[str] | None = None) -> None:
     """The ``stratad`` entry point: one ``error:`` line and a non-zero exit for every failure."""
     import typer.main
+    from typer import Abort
 
     try:  # typer >= 0.29 vendors click (a private module; the classes are click's own)
         from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -615,6 +621,9 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as exc:
         print(f"error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Abort:  # end of input at a prompt
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
     except StratadError as exc:
         # Plain print: rich would wrap a long path onto a second line.
         print(f"error: {exc}", file=sys.stderr)
@@ -628,6 +637,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if code == 130:  # typer turns Ctrl-C into Exit(130) before it reaches the handler above
+        print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from stratad.backbones import list_backbones, register_backbone
 from stratad.backbones.registry import Backbone, BackboneSource, WeightSource
 from stratad.data import load_dataset
-from stratad.errors import DataError
+from stratad.errors import DataError, StratadError
 from stratad.selection import SweepConfig, build_validation_set, choose, select_features, selection_split
 from stratad.selection.sweep import NodeResult
 
@@ -250,3 +250,25 @@ def test_the_default_is_replaced_only_by_a_clear_winner(tmp_path: Path) -> None:
     assert (clear.win_rate, clear.chosen) == (1.0, "informative")
     kept = confirm_against_default(cfg, images, evaluation, "blind", "informative", resamples=40)
     assert (kept.win_rate, kept.chosen) == (0.0, "informative")
+
+
+def test_a_folder_holds_one_split_or_averaged_splits_never_both(tmp_path: Path) -> None:
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    cfg = _twin_sweep(nodes=["informative"])
+    select_features(train, cfg, tmp_path / "one", defects="simple")
+    with pytest.raises(StratadError, match="one split"):
+        select_features(train, cfg, tmp_path / "one", defects="simple", folds=2)
+    select_features(train, cfg, tmp_path / "two", defects="simple", folds=2)
+    with pytest.raises(StratadError, match="averaged splits"):
+        select_features(train, cfg, tmp_path / "two", defects="simple")
+
+
+def test_string_options_become_their_enums() -> None:
+    from stratad.synth.cutpaste import CutPasteConfig, CutPasteGeometry
+    from stratad.synth.nsa import CategoryType, NSAConfig, PatchSampling
+
+    assert CutPasteConfig(geometry="li").geometry is CutPasteGeometry.li  # type: ignore[arg-type]
+    nsa = NSAConfig(sampling="uniform", category_type="texture")  # type: ignore[arg-type]
+    assert nsa.sampling is PatchSampling.uniform and nsa.category_type is CategoryType.texture
+    with pytest.raises(DataError, match="geometry must be one of paper, li"):
+        CutPasteConfig(geometry="square")  # type: ignore[arg-type]

@@ -105,6 +105,7 @@ def load_sweep_rows(folders: Sequence[Path], metric: str = "p_h") -> list[Row]:
     import json
 
     from stratad.errors import StratadError
+    from stratad.selection.config import COMBINATION_SEPARATOR
 
     rows: list[Row] = []
     for folder in folders:
@@ -114,7 +115,8 @@ def load_sweep_rows(folders: Sequence[Path], metric: str = "p_h") -> list[Row]:
         info = json.loads(stamp.read_text())
         with open(nodes_csv, newline="") as handle:
             for r in csv.DictReader(handle):
-                if r.get(metric) in (None, ""):
+                # Node combinations (the default pair a sweep adds) are no node of the study.
+                if r.get(metric) in (None, "") or COMBINATION_SEPARATOR in r["node"]:
                     continue
                 rows.append(
                     {

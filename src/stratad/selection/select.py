@@ -21,6 +21,7 @@ from stratad.export.io import atomic_write
 from stratad.metrics.summary import harmonic_mean
 from stratad.selection.config import (
     CRITERION_COLUMN,
+    MIN_VALIDATION_IMAGES,
     Criterion,
     NodeResult,
     SweepConfig,
@@ -98,6 +99,7 @@ def select_features(
     if folds < 1:
         raise StratadError(f"--folds must be at least 1, got {folds}")
     first = selection_split(train, seed=cfg.seed)
+    _check_folds(out_dir, folds)
     fold_rows, kept = [], None
     for k in range(folds):
         split = first if k == 0 else selection_split(train, seed=cfg.seed + k)
@@ -138,6 +140,15 @@ def select_features(
     text = json.dumps(payload, indent=2)
     atomic_write(out_dir / "selected.json", lambda tmp: Path(tmp).write_text(text))
     return result
+
+
+def _check_folds(out_dir: Path, folds: int) -> None:
+    """A folder holds a one-split run (its ``sweep.json``) or an averaged one (``folds/``), never
+    both: the averaged ``nodes.csv`` must not be resumed as one split's rows, nor the reverse."""
+    averaged, single = (out_dir / "folds").is_dir(), (out_dir / "sweep.json").is_file()
+    if (folds > 1 and single) or (folds == 1 and averaged):
+        held = "averaged splits (--folds > 1)" if averaged else "one split (--folds 1)"
+        raise StratadError(f"{out_dir} holds a selection over {held}; use another --out folder or delete it")
 
 
 def _average_folds(fold_rows: list[list[NodeResult]], path: Path, fpr_limit: float) -> list[NodeResult]:
@@ -195,6 +206,22 @@ def _confirm_default(
     default = default_candidates(cfg, build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed))[0]
     rows = {r.node: r for r in result.table}
     if result.node == default or default not in rows:
+        return
+    v = result.validation
+    if min(v["good"], v["defective"]) < MIN_VALIDATION_IMAGES:
+        # A bootstrap of one or two good images resamples the same images every time and is
+        # overconfident: too few images to test means no evidence against the default.
+        result.confirmation = {
+            "challenger": result.node,
+            "default": default,
+            "win_rate": None,
+            "resamples": 0,
+            "level": None,
+            "chosen": default,
+            "reason": f"fewer than {MIN_VALIDATION_IMAGES} good or synthetic validation images",
+        }
+        result.node = default
+        result.value = rows[default].value(CRITERION_COLUMN[Criterion(result.criterion)])
         return
     outcome = confirm_against_default(cfg, train_images, evaluation, result.node, default, result.criterion)
     result.confirmation = asdict(outcome)

@@ -551,7 +551,8 @@ def sweep_stamp(
     cfg: SweepConfig, train_images: torch.Tensor, evaluation: EvalSet, backbone: Any, settings: dict[str, Any]
 ) -> dict[str, Any]:
     """Everything a row of ``nodes.csv`` depends on. Run-time knobs (workers, batch size, device,
-    memory budget) are left out: they change the speed, not a row."""
+    memory budget) and the extra default candidate are left out: they change the speed or add a row,
+    never a row."""
     from stratad.export.io import tensors_digest
 
     stamp = {
@@ -560,6 +561,8 @@ def sweep_stamp(
         "batch_size": None,
         "device": None,
         "memory_budget_mb": None,
+        # Extra candidates only add rows; a row of a node does not depend on them.
+        "with_default": None,
         "pixel_stride": effective_pixel_stride(cfg),
         "fit_params": sweep_detector_params(cfg),
         "weights_sha256": tensors_digest(backbone.model.state_dict()),

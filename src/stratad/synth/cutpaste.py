@@ -64,6 +64,10 @@ class CutPasteConfig(DefectConfig):
     color_jitter: float = 0.0
 
     def validate(self) -> None:
+        try:  # a plain string from Python code ("li") becomes its enum, so ``is`` checks hold
+            object.__setattr__(self, "geometry", CutPasteGeometry(self.geometry))
+        except ValueError:
+            raise DataError(f"option geometry must be one of paper, li, got {self.geometry!r}") from None
         check_range("side_fraction_range", self.side_fraction_range, 0.0, 1.0)
         if self.border_px < 0:
             raise DataError(f"option border_px must be >= 0, got {self.border_px!r}")

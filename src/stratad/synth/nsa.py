@@ -110,13 +110,24 @@ class NSAConfig(DefectConfig):
     max_attempts: int = 10
 
     def validate(self) -> None:
+        # A plain string from Python code ("texture") becomes its enum, so ``is`` checks hold.
+        for name, kind in (
+            ("category_type", CategoryType),
+            ("sampling", PatchSampling),
+            ("clone_mode", CloneMode),
+        ):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                choices = ", ".join(k.value for k in kind)
+                raise DataError(
+                    f"option {name} must be one of {choices}, got {getattr(self, name)!r}"
+                ) from None
         if self.max_patches is not None and self.max_patches < 1:
             raise DataError(f"option max_patches must be >= 1, got {self.max_patches!r}")
         check_range("half_width_range", self.half_width_range, 0.0, 0.5)
         check_range("patch_side_fraction_range", self.patch_side_fraction_range, 0.0, 1.0)
         check_range("scale_range", self.scale_range, 0.0, None)
-        if not isinstance(self.clone_mode, CloneMode):
-            raise DataError(f"option clone_mode must be one of normal, mixed, got {self.clone_mode!r}")
         if not 0.0 <= self.foreground_threshold < 255.0:
             raise DataError(
                 f"option foreground_threshold must be in [0, 255), got {self.foreground_threshold!r}"

@@ -210,7 +210,9 @@ def predict_to_folder(
                 row[2:5] = _write_map(out, name, resize_map(small, rgb.shape[:2]), fmt)
             if overlay_fmt is not OverlayFormat.none:
                 row[5] = display_path(name.with_name(f"{name.name}.overlay.{overlay_fmt.value}"))
-        keep = small is not None and overlay_fmt is not OverlayFormat.none and held.take(rgb.nbytes)
+        if overlay_fmt is OverlayFormat.none:  # nothing is drawn later: keep nothing per image
+            return _Scored(row, float(image_score[0]), None, None)
+        keep = small is not None and held.take(rgb.nbytes)
         return _Scored(row, float(image_score[0]), small, rgb if keep else None)
 
     reporter = reporter or Reporter()
