@@ -471,8 +471,13 @@ def select(
         source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, final=final, rf=rf,
         category_type=category_type.value, folds=folds, reporter=report,
     )  # fmt: skip
+    print_top(run, f"top {top_k} nodes by synthetic {run.result.criterion} ({defects.value})")
+    print_selection(run, out)
+
+
+def print_selection(run: Any, out: Path) -> None:
+    """What ``select`` ranked on, the test against the default, the choice and the final model."""
     r, v = run.result, run.result.validation
-    print_top(run, f"top {top_k} nodes by synthetic {r.criterion} ({defects.value})")
     folds, sizes = v["folds"], f"{v['good']} good + {v['defective']} synthetic validation images"
     if folds > 1:
         console.print(f"ranked on {folds} splits of {sizes} each (fit on {v['fit']}), scores averaged")
