@@ -260,17 +260,17 @@ class OnnxModel:
 
     def predict(self, images: Any, progress: Any = None) -> Any:
         """Scores and maps of image files, one image per call (a score independent of its batch-mates)."""
-        from stratad.data.io import load_image
+        from stratad.data.io import read_image_rgb
         from stratad.pipeline import Prediction, _path_of
 
         scores, maps, sizes = [], [], []
         for item in images:
-            tensor, hw = load_image(_path_of(item), self.config.image_size, self.config.bit_depth)
-            score, anomaly_map = onnx_predict(self.session, tensor[None])
-            scores.append(score.astype(np.float32).reshape(1))
+            rgb = read_image_rgb(_path_of(item), self.config.bit_depth)
+            score, anomaly_map = self.score_image(rgb)
+            scores.append(score)
             if anomaly_map is not None:
-                maps.append(anomaly_map.astype(np.float32))
-            sizes.append(hw)
+                maps.append(anomaly_map[None].astype(np.float32))
+            sizes.append((rgb.shape[0], rgb.shape[1]))
             if progress is not None:
                 progress(1)
         return Prediction(

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from stratad.data.augment import augmented_batch, parse_augmentations
 from stratad.data.datasets import ImageRecord
-from stratad.data.io import check_bit_depth, detect_bit_depth, image_to_tensor, load_image
+from stratad.data.io import check_bit_depth, detect_bit_depth, image_to_tensor, load_image, read_image_rgb
 from stratad.detectors.base import (
     Detector,
     build_seeded_detector,
@@ -320,14 +320,13 @@ class Pipeline:
             raise StratadError("the pipeline is not fitted: call fit() or load a saved model first")
         if not images:
             raise StratadError("no images to predict")
-        size = self.config.image_size
 
         def read_and_score(item: ImageSource) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
-            tensor, hw = load_image(_path_of(item), size, self.config.bit_depth)
-            score, anomaly_map = self._score_one(tensor[None])
+            rgb = read_image_rgb(_path_of(item), self.config.bit_depth)
+            score, anomaly_map = self.score_image(rgb)
             if progress is not None:
                 progress(1)
-            return score, anomaly_map, hw
+            return score, None if anomaly_map is None else anomaly_map[None], (rgb.shape[0], rgb.shape[1])
 
         results = self._map_images(read_and_score, list(images))
         maps = [r[1] for r in results if r[1] is not None]

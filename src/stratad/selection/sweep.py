@@ -249,12 +249,10 @@ def predict_candidates(
 ) -> dict[str, CandidatePredictions]:
     """Per-image outputs of a few candidates on the evaluation set, fitted exactly as the sweep fits
     them (one backbone pass over the union of their nodes)."""
-    from stratad.backbones import build_backbone
+    from stratad.backbones import build_backbone, list_nodes
 
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
     wanted = {n for c in candidates for n in candidate_nodes(c)}
-    from stratad.backbones import list_nodes
-
     union = [i.name for i in list_nodes(backbone, image_size=cfg.image_size) if i.name in wanted]
     feats = _extract_chunk(backbone, union, cfg, train_images, evaluation)
     context = ChunkContext(cfg, evaluation, None, feats["train"], feats["test"])
@@ -577,6 +575,9 @@ def sweep_stamp(
     return json.loads(json.dumps(stamp, default=str))
 
 
+#: Stamp keys that never change a row (folders stamped with any value of them resume).
+_ROW_NEUTRAL = {"with_default"}
+
 _STAMP_NAMES = {
     "data_sha256": "the data (images, labels or masks)",
     "weights_sha256": "the backbone weights",
@@ -596,7 +597,7 @@ def _check_resumable(out_dir: Path, stamp: dict[str, Any]) -> None:
         if not isinstance(previous, dict):
             raise StratadError(f"{path} is damaged; use another --out folder or delete it")
         keys = sorted(set(stamp) | set(previous), key=lambda k: (k in _STAMP_NAMES, k))  # digests last
-        differ = [k for k in keys if stamp.get(k) != previous.get(k)]
+        differ = [k for k in keys if k not in _ROW_NEUTRAL and stamp.get(k) != previous.get(k)]
         if differ:
             named = []
             for key in differ:

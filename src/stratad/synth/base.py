@@ -136,11 +136,20 @@ def place_rectangle(
     box_w = pixel_length(rng.uniform(*side_fraction_range) * width, width)
     if max_size is not None:
         box_h, box_w = min(box_h, max_size[0]), min(box_w, max_size[1])
+    y, x = margined_position(rng, height, width, box_h, box_w, border_px)
+    return y, x, box_h, box_w
+
+
+def margined_position(
+    rng: np.random.Generator, height: int, width: int, box_h: int, box_w: int, border_px: int
+) -> tuple[int, int]:
+    """Top-left corner of a ``box_h x box_w`` box at least ``border_px`` from every border (less
+    where the image leaves less room: the margin shrinks to what is left on each side)."""
     margin_y = min(border_px, (height - box_h) // 2)
     margin_x = min(border_px, (width - box_w) // 2)
     y = int(rng.integers(margin_y, height - box_h - margin_y + 1))
     x = int(rng.integers(margin_x, width - box_w - margin_x + 1))
-    return y, x, box_h, box_w
+    return y, x
 
 
 # -- small validation helpers for configs --

@@ -26,6 +26,7 @@ from stratad.synth.base import (
     DefectKind,
     SyntheticDefect,
     check_range,
+    margined_position,
     pixel_length,
     place_rectangle,
     register_defect,
@@ -101,12 +102,7 @@ class CutPasteDefect(DefectGenerator):
             sy, sx = _position(rng, src_h - patch_h, src_w - patch_w)
 
             def redraw() -> tuple[int, int]:
-                margin_y = min(cfg.border_px, (height - patch_h) // 2)
-                margin_x = min(cfg.border_px, (width - patch_w) // 2)
-                return (
-                    int(rng.integers(margin_y, height - patch_h - margin_y + 1)),
-                    int(rng.integers(margin_x, width - patch_w - margin_x + 1)),
-                )
+                return margined_position(rng, height, width, patch_h, patch_w, cfg.border_px)
         else:
             area = rng.uniform(*cfg.area_fraction_range) * height * width
             aspect = math.exp(rng.uniform(*np.log(cfg.aspect_ratio_range)))
