@@ -431,3 +431,28 @@ def test_4_map_formats_recursive_folders_and_png16_round_trip(tmp_path: Path) ->
     png_bytes = sum(p.stat().st_size for p in outs["png16"].rglob("*.map.png"))
     npy_bytes = sum(p.stat().st_size for p in outs["npy"].rglob("*.npy"))
     assert png_bytes < npy_bytes
+
+
+def test_4_scores_name_overlays_only_once_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped while drawing overlays keeps every scored row, with no overlay named; a whole
+    run names every overlay, and each named file exists."""
+    import stratad.workflows.predict as predict
+
+    data = make_mvtec(tmp_path / "d")
+    model = tmp_path / "m.stratad"
+    _pipe().fit(load_dataset(data, "mvtec").train).save(model)
+    predict.predict_to_folder(model, data / "test" / "spot", tmp_path / "whole")
+    rows = _rows(tmp_path / "whole" / "scores.csv")
+    assert len(rows) == 4 and all((tmp_path / "whole" / r["overlay"]).is_file() for r in rows)
+
+    def stop(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "_write_overlays", stop)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_to_folder(model, data / "test" / "spot", tmp_path / "stopped")
+    stopped = _rows(tmp_path / "stopped" / "scores.csv")
+    assert [r["score"] for r in stopped] == [r["score"] for r in rows]
+    assert all(r["overlay"] == "" for r in stopped)

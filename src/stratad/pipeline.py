@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stratad.backbones.traced import TRACED_KEY
 from stratad.data.augment import augmented_batch, parse_augmentations
 from stratad.data.datasets import ImageRecord
 from stratad.data.io import check_bit_depth, detect_bit_depth, image_to_tensor, load_image, read_image_rgb
@@ -205,6 +206,7 @@ class Pipeline:
         # Validate the detector name and options now, before any expensive work.
         self.detector: Detector = build_seeded_detector(detector, self.config.detector_params, seed)
         self._extractor: Any = None
+        self._traced: Any = None
         self._backbone: Any = None
         self.fitted_ = False
         self.timings_: dict[str, float] = {}
@@ -308,6 +310,7 @@ class Pipeline:
     def fit_features(self, train: FeatureBatch) -> Pipeline:
         self.detector.fit(train)
         self._detector_module: Any = None
+        self._traced = None  # a refit scores with the extractor it was fitted with
         self.fitted_ = True
         return self
 
@@ -404,10 +407,23 @@ class Pipeline:
                 self.extractor, image, self.config.patch_size, self.config.patch_stride
             )
         else:
-            feats = self.extractor(image)
+            feats = self._scoring_extractor()(image)
         scores, maps = self.detector_module(feats)
         score = scores.numpy().astype(np.float32, copy=False).reshape(1)
         return score, (None if maps is None else self.postprocess_maps(maps.numpy()))
+
+    def _scoring_extractor(self) -> Any:
+        """The traced extractor a loaded model carries (:mod:`stratad.backbones.traced`) while it
+        fits the configuration, else the extractor built from the backbone."""
+        traced, c = self._traced, self.config
+        if (
+            traced is not None
+            and c.device == "cpu"
+            and traced.nodes == c.nodes
+            and traced.image_size == c.image_size
+        ):
+            return traced
+        return self.extractor
 
     @property
     def detector_module(self) -> Any:
@@ -433,7 +449,18 @@ class Pipeline:
         config = asdict(self.config)
         config["detector_params"] = config_to_dict(self.detector.config)
         state = {f"detector.{k}": v for k, v in self.detector.state_dict().items()}
+        traced = self._trace()
+        if traced is not None:
+            state[TRACED_KEY] = traced
         save_tensors(path, state, {"kind": "pipeline", "config": config})
+
+    def _trace(self) -> torch.Tensor | None:
+        """The extractor as a TorchScript archive for the file (CPU models without patch features)."""
+        if self.config.device != "cpu" or self.config.patch_size:
+            return None
+        from stratad.backbones.traced import trace_extractor
+
+        return trace_extractor(self.extractor, self.config.nodes, self.config.image_size)
 
     @classmethod
     def load(cls, path: PathLike, device: str | None = None) -> Pipeline:
@@ -453,6 +480,11 @@ class Pipeline:
             raise ModelFileError(f"{path}: {exc}") from None
         pipe._extractor = None
         pipe._backbone = None
+        pipe._traced = None
+        if TRACED_KEY in tensors and cfg.device == "cpu" and cfg.nodes:
+            from stratad.backbones.traced import load_traced
+
+            pipe._traced = load_traced(tensors[TRACED_KEY], cfg.nodes, cfg.image_size)
         pipe.fitted_ = True
         pipe.timings_ = {}
         pipe._check_runs(path)

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from stratad.backbones.registry import Backbone, BackboneSource
 from stratad.errors import NodeError
@@ -72,6 +71,8 @@ def graph_node_names(backbone: Backbone) -> list[str]:
     """Every node of the eval-mode graph in execution order, the input placeholder first."""
     key = _architecture_key(backbone)
     if key not in _GRAPH_NAME_CACHE:
+        from torchvision.models.feature_extraction import get_graph_node_names
+
         was_training = backbone.model.training
         _, eval_names = get_graph_node_names(
             backbone.model, tracer_kwargs=_tracer_kwargs(backbone), suppress_diff_warning=True
@@ -95,6 +96,8 @@ def build_graph_module(
         raise NodeError(
             f"no node requested for {backbone.name}; run `stratad nodes {backbone.name}` to list them."
         )
+    from torchvision.models.feature_extraction import create_feature_extractor
+
     was_training = backbone.model.training
     backbone.model.eval()
     # The train graph is never run (extraction is always in eval mode) but torchvision traces it

@@ -92,7 +92,9 @@ BackboneBuilder = Callable[[WeightSource], Backbone]
 
 
 def _load_builtin_backbones() -> None:
-    import stratad.backbones  # noqa: F401  (importing the package registers the built-in backbones)
+    # Importing the builder modules registers the built-in backbones.
+    import stratad.backbones.efficientnet_lite
+    import stratad.backbones.torchvision_models  # noqa: F401
 
 
 BACKBONES: Registry[BackboneBuilder] = Registry("backbone", BackboneError, _load_builtin_backbones)

@@ -167,7 +167,8 @@ def predict_to_folder(
     ``<name>.map.png`` with its range in scores.csv, a float32 ``<name>.npy``, or none) and a heatmap
     overlay (``<name>.overlay.jpg`` or ``.png``), named after the input with its relative path and
     extension (``sub/a.jpg.npy``), and ``scores.csv``, whose header says which model and input
-    produced it and whose rows are appended as images are scored (a crash keeps what was scored). A
+    produced it and whose rows are appended as images are scored (a crash keeps what was scored;
+    the overlay column is filled once every overlay is written). A
     folder holding another model's or another input's predictions is refused. ``progress`` is called
     with the number of images scored; ``reporter`` (the command line) shows a bar over all images.
 
@@ -208,8 +209,6 @@ def predict_to_folder(
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             if fmt is not MapFormat.none:
                 row[2:5] = _write_map(out, name, resize_map(small, rgb.shape[:2]), fmt)
-            if overlay_fmt is not OverlayFormat.none:
-                row[5] = display_path(name.with_name(f"{name.name}.overlay.{overlay_fmt.value}"))
         if overlay_fmt is OverlayFormat.none:  # nothing is drawn later: keep nothing per image
             return _Scored(row, float(image_score[0]), None, None)
         keep = small is not None and held.take(rgb.nbytes)
@@ -234,7 +233,22 @@ def predict_to_folder(
                 progress(1)
     if overlay_fmt is not OverlayFormat.none and scored[0].small_map is not None:
         _write_overlays(paths, names, scored, bit_depth, out, overlay_fmt)
+        # Only now do the overlays exist: the rows name them (a crash before this keeps the rows
+        # without overlay names, never names of missing files).
+        for item, name in zip(scored, names, strict=True):
+            item.row[5] = display_path(name.with_name(f"{name.name}.overlay.{overlay_fmt.value}"))
+        _write_scores(scores_path, header, [item.row for item in scored])
     return PredictSummary(len(paths), out, np.array([s.score for s in scored], dtype=np.float32))
+
+
+def _write_scores(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """scores.csv, whole and atomically."""
+    buffer = io.StringIO(newline="")
+    buffer.write("\n".join(header) + "\n")
+    writer = csv.writer(buffer)
+    writer.writerow(SCORE_COLUMNS)
+    writer.writerows(rows)
+    _write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 class _Budget:
