@@ -462,6 +462,14 @@ def select(
         CategoryChoice,
         typer.Option(help="NSA's settings: object, texture, or auto (detected from the images)"),
     ] = CategoryChoice.auto,
+    halving: Annotated[
+        bool,
+        typer.Option(
+            "--halving/--exhaustive",
+            help="successive halving: every node on a ninth of the data, the best third on a third, "
+            "the best ninth on all of it; or every node on all of it",
+        ),
+    ] = False,
     report: Reporter = Reporter(),
 ) -> None:
     """Pick the best node for this application from synthetic defects (no real defect needed)."""
@@ -469,7 +477,7 @@ def select(
 
     run = select_to_folder(
         source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, final=final, rf=rf,
-        category_type=category_type.value, folds=folds, reporter=report,
+        category_type=category_type.value, folds=folds, halving=halving, reporter=report,
     )  # fmt: skip
     print_top(run, f"top {top_k} nodes by synthetic {run.result.criterion} ({defects.value})")
     print_selection(run, out)

@@ -272,3 +272,48 @@ def test_string_options_become_their_enums() -> None:
     assert nsa.sampling is PatchSampling.uniform and nsa.category_type is CategoryType.texture
     with pytest.raises(DataError, match="geometry must be one of paper, li"):
         CutPasteConfig(geometry="square")  # type: ignore[arg-type]
+
+
+def test_halving_schedule_keeps_a_third_and_triples_the_budget() -> None:
+    from stratad.selection.halving import schedule
+
+    assert [(r.budget, r.candidates) for r in schedule(108)] == [(1 / 9, 108), (1 / 3, 36), (1.0, 12)]
+    assert [(r.budget, r.candidates) for r in schedule(20)] == [(1 / 3, 20), (1.0, 7)]
+    assert [(r.budget, r.candidates) for r in schedule(5)] == [(1.0, 5)]
+
+
+def test_halving_ends_with_the_exhaustive_rows_of_the_promoted_nodes_and_the_default(tmp_path: Path) -> None:
+    """The last round runs the full budget: its rows equal the exhaustive sweep's for those nodes,
+    and the default combination is scored in every round."""
+    from stratad.selection.halving import round_data
+    from stratad.selection.sweep import EvalSet
+
+    train = load_dataset(make_mvtec(tmp_path, n_train=40), "mvtec").train
+    cfg = SweepConfig(
+        weights="random", nodes=["blocks.2*"], image_size=64, batch_size=8, with_default=True,
+        detector_params={"coreset_size": 60},
+    )  # fmt: skip
+    halved = select_features(train, cfg, tmp_path / "halved", defects="simple", halving=True)
+    exhaustive = select_features(train, cfg, tmp_path / "all", defects="simple")
+    rounds = sorted(p.name for p in (tmp_path / "halved" / "rounds").iterdir())
+    assert rounds == ["0", "1"]
+    full = {r.node: r for r in exhaustive.table}
+    last = halved.table
+    singles = [r for r in last if "+" not in r.node]
+    assert len(singles) == -(-sum(1 for r in exhaustive.table if "+" not in r.node) // 3)
+    assert any("+" in r.node for r in last)  # the default combination reached the last round
+    for row in last:
+        assert (row.image_auroc, row.p_h) == (full[row.node].image_auroc, full[row.node].p_h)
+    assert halved.validation["halving"] is True
+    with pytest.raises(StratadError, match="one split"):
+        select_features(train, cfg, tmp_path / "x", defects="simple", halving=True, folds=2)
+    # A round's data: seeded subsets, the pixel images renumbered with their masks.
+    images = torch.zeros(30, 3, 8, 8, dtype=torch.uint8)
+    labels = np.array([0] * 10 + [1] * 20)
+    masks = [np.full((8, 8), i, dtype=np.int64) for i in range(10, 30)]
+    ev = EvalSet(torch.arange(30).view(30, 1, 1, 1).expand(30, 3, 8, 8), labels, masks, np.arange(10, 30))
+    fit, sub = round_data(images, ev, 1 / 9, seed=0)
+    assert len(fit) == 8 and (sub.labels == 0).sum() == 8 and (sub.labels == 1).sum() == 8
+    assert sub.pixel_images is not None
+    for position, mask in zip(sub.pixel_images, sub.masks, strict=True):
+        assert int(sub.images[position, 0, 0, 0]) == int(mask[0, 0])

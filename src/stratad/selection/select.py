@@ -26,6 +26,7 @@ from stratad.selection.config import (
     NodeResult,
     SweepConfig,
 )
+from stratad.selection.halving import halving_sweep
 from stratad.selection.split import selection_split
 from stratad.selection.sweep import EvalSet, csv_cell, load_uint8_images, run_sweep
 from stratad.selection.validation import build_validation_set
@@ -89,15 +90,19 @@ def select_features(
     progress: Callable[[str, int, int], None] | None = None,
     relative_rf: dict[str, float] | None = None,
     folds: int = 1,
+    halving: bool = False,
 ) -> SelectionResult:
     """Score every candidate node on synthetic defects and choose (see the module docstring). With
     ``folds`` > 1 the training set is split that many times (``out_dir/folds/<k>``, each resumable),
     each split with its own defects, and the scores are averaged into ``out_dir/nodes.csv``. Not the
     default: on 21 MTD images, 5 averaged splits picked worse nodes than one split
-    (``benchmarks/small_set_selection.py``)."""
+    (``benchmarks/small_set_selection.py``). ``halving``: successive halving over the nodes instead
+    of the exhaustive sweep (:mod:`stratad.selection.halving`); one split only."""
     check_criterion(cfg.detector, criterion)
     if folds < 1:
         raise StratadError(f"--folds must be at least 1, got {folds}")
+    if halving and folds > 1:
+        raise StratadError("--halving ranks on one split: use it with --folds 1")
     first = selection_split(train, seed=cfg.seed)
     _check_folds(out_dir, folds)
     fold_rows, kept = [], None
@@ -112,7 +117,14 @@ def select_features(
         evaluation = EvalSet(val.images, val.labels, list(val.masks))
         settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
         fold_dir = out_dir if folds == 1 else out_dir / "folds" / str(k)
-        fold_rows.append(run_sweep(cfg, train_images, evaluation, fold_dir, progress, relative_rf, settings))
+        if halving:
+            column = CRITERION_COLUMN[Criterion(criterion)]
+            rows = halving_sweep(
+                cfg, train_images, evaluation, fold_dir, progress, relative_rf, settings, column
+            )
+        else:
+            rows = run_sweep(cfg, train_images, evaluation, fold_dir, progress, relative_rf, settings)
+        fold_rows.append(rows)
         if k == 0:
             kept = (train_images, evaluation)
     rows = fold_rows[0] if folds == 1 else _average_folds(fold_rows, out_dir / "nodes.csv", cfg.fpr_limit)
@@ -122,6 +134,7 @@ def select_features(
         "good": len(first.val_good),
         "defective": len(first.val_defect),
         "folds": folds,
+        "halving": halving,
     }
     assert kept is not None
     _confirm_default(result, cfg, *kept)  # on the first split's validation set

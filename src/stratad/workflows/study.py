@@ -86,13 +86,15 @@ def select_to_folder(
     rf: bool = True,
     category_type: str = "auto",
     folds: int = 1,
+    halving: bool = False,
     reporter: Reporter | None = None,
 ) -> SweepRun:
     """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
     ``source`` (Heckler & König); write nodes.csv, selected.json and model.stratad: the chosen node
     (or the default combination, when it wins) fitted on all training images (``final="all"``), on
     the D_T part the selection fitted on (``"selection"``, the paper's protocol), or none.
-    ``category_type`` (object, texture, or auto: detected from the images) picks NSA's settings."""
+    ``category_type`` (object, texture, or auto: detected from the images) picks NSA's settings.
+    ``halving``: successive halving instead of the exhaustive sweep (one split)."""
     from stratad.pipeline import Pipeline
     from stratad.selection import select_features
     from stratad.selection.select import check_criterion
@@ -120,7 +122,17 @@ def select_to_folder(
     relative_rf = _relative_rf(cfg, rf, reporter)
     with reporter.count("scoring nodes") as update:
         result = select_features(
-            split.train, cfg, out, defects, criterion, top_k, defect_params, update, relative_rf, folds
+            split.train,
+            cfg,
+            out,
+            defects,
+            criterion,
+            top_k,
+            defect_params,
+            update,
+            relative_rf,
+            folds,
+            halving,
         )
     run = SweepRun(result, out, len(split.train))
     final = FinalFit(final)

@@ -1,0 +1,145 @@
+"""Successive halving over candidate nodes: every node first on a small budget, the best third
+promoted to a three times larger one, until the last round runs the full budget (Jamieson &
+Talwalkar, 2016; Li et al.'s Hyperband uses the same rounds).
+
+A round's budget ``b`` (1/9, 1/3, 1 for three rounds) takes a seeded subset of ``b`` of the D_T
+images, ``sqrt(b)`` of the good and of the defective validation images, and a PatchCore coreset of
+``b`` of its size. Each round is an ordinary resumable sweep in ``rounds/<r>`` (its own nodes.csv
+and stamp); the default node combination, when swept, is scored in every round and never dropped,
+so halving cannot end below the default either. The last round's rows are the result: every
+promoted node and the default, at the full budget, exactly as the exhaustive sweep scores them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stratad.errors import StratadError
+from stratad.selection.config import COMBINATION_SEPARATOR, NodeResult, SweepConfig
+
+#: Each round keeps a third of the candidates and triples the budget.
+ETA = 3
+#: Rounds at most: budgets 1/9, 1/3, 1.
+MAX_ROUNDS = 3
+#: Fewest images of each kind a round is given (fit, good validation, defective validation).
+MIN_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class Round:
+    index: int
+    #: fraction of the full budget
+    budget: float
+    #: candidates entering the round (single nodes; the default combination is added by the sweep)
+    candidates: int
+
+
+def schedule(n_candidates: int, rounds: int = MAX_ROUNDS) -> list[Round]:
+    """The rounds for ``n_candidates`` nodes: as many as keep at least ``ETA`` nodes in the last."""
+    count = 1
+    while count < rounds and n_candidates / ETA**count >= ETA:
+        count += 1
+    plan, left = [], n_candidates
+    for r in range(count):
+        plan.append(Round(r, float(ETA ** (r - count + 1)), left))
+        left = math.ceil(left / ETA)
+    return plan
+
+
+def _subset(indices: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    keep = min(len(indices), max(MIN_IMAGES, round(fraction * len(indices))))
+    return np.sort(rng.choice(indices, size=keep, replace=False))
+
+
+def round_data(
+    train_images: torch.Tensor, evaluation: Any, budget: float, seed: int
+) -> tuple[torch.Tensor, Any]:
+    """The training images and the evaluation set of a round of ``budget`` (module docstring)."""
+    from stratad.selection.sweep import EvalSet
+
+    if budget >= 1.0:
+        return train_images, evaluation
+    rng = np.random.default_rng([seed, round(1 / budget)])
+    fit = _subset(np.arange(len(train_images)), budget, rng)
+    labels = np.asarray(evaluation.labels)
+    chosen = np.sort(
+        np.concatenate([_subset(np.flatnonzero(labels == k), math.sqrt(budget), rng) for k in (0, 1)])
+    )
+    if evaluation.pixel_images is None:
+        masks = [evaluation.masks[i] for i in chosen]
+        pixel = None
+    else:  # masks belong to the pixel images only: keep those of the chosen ones, renumbered
+        position = {int(image): k for k, image in enumerate(evaluation.pixel_images)}
+        kept = [int(i) for i in chosen if int(i) in position]
+        masks = [evaluation.masks[position[i]] for i in kept]
+        pixel = np.array([int(np.flatnonzero(chosen == i)[0]) for i in kept], dtype=np.int64)
+    return train_images[fit], EvalSet(evaluation.images[chosen], labels[chosen], masks, pixel)
+
+
+def round_config(cfg: SweepConfig, nodes: list[str], budget: float) -> SweepConfig:
+    """The sweep settings of a round: its nodes, and a coreset of ``budget`` of the size (PatchCore)."""
+    params = dict(cfg.detector_params)
+    if budget < 1.0 and cfg.detector == "patchcore" and "coreset_fraction" not in params:
+        from stratad.detectors.patchcore import PatchCoreConfig
+
+        size = int(params.get("coreset_size", PatchCoreConfig.coreset_size))
+        params["coreset_size"] = max(50, round(size * budget))
+    return replace(cfg, nodes=nodes, detector_params=params)
+
+
+def halving_sweep(
+    cfg: SweepConfig,
+    train_images: torch.Tensor,
+    evaluation: Any,
+    out_dir: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+    relative_rf: dict[str, float] | None = None,
+    settings: dict[str, Any] | None = None,
+    criterion_column: str = "p_h",
+) -> list[NodeResult]:
+    """Successive halving of ``cfg.nodes`` (module docstring); rows of the last round."""
+    from stratad.backbones import build_backbone, list_nodes, resolve_nodes
+    from stratad.detectors import detector_class
+    from stratad.selection.sweep import run_sweep
+
+    backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
+    candidates = resolve_nodes(backbone, cfg.nodes)
+    if detector_class(cfg.detector).localizes:  # nodes without a map cannot localise
+        heights = {i.name: i.height for i in list_nodes(backbone, image_size=cfg.image_size)}
+        candidates = [n for n in candidates if heights[n] > 0]
+    if not candidates:
+        raise StratadError("no candidate node has a spatial output for this detector")
+    plan = schedule(len(candidates))
+    rows: list[NodeResult] = []
+    for stage in plan:
+        fit, evaluation_r = round_data(train_images, evaluation, stage.budget, cfg.seed)
+        round_cfg = round_config(cfg, candidates, stage.budget)
+
+        def tell(label: str, done: int, total: int, stage: Round = stage) -> None:
+            if progress is not None:
+                progress(f"round {stage.index + 1}/{len(plan)}: {label}", done, total)
+
+        rows = run_sweep(
+            round_cfg,
+            fit,
+            evaluation_r,
+            out_dir / "rounds" / str(stage.index),
+            tell,
+            relative_rf,
+            {**(settings or {}), "halving_round": stage.index, "halving_budget": stage.budget},
+        )
+        singles = [r for r in rows if COMBINATION_SEPARATOR not in r.node]
+        ranked = sorted(
+            (r for r in singles if not r.same_as and not math.isnan(r.value(criterion_column))),
+            key=lambda r: -r.value(criterion_column),
+        )  # stable: ties keep graph order
+        keep = {r.node for r in ranked[: math.ceil(len(candidates) / ETA)]}
+        candidates = [n for n in candidates if n in keep]
+    return rows
