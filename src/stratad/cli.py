@@ -207,9 +207,10 @@ def sweep_settings(
         bool,
         typer.Option(
             "--exact/--fast",
-            help="fit every node with exactly the detector options and score every pixel (slower), not "
-            "the sweep's cheaper defaults (PatchCore's 32-d coreset search, pixel metrics on a stride-2 "
-            "lattice)",
+            help="fit every node with exactly the detector options, on its float32 features at its own "
+            "resolution (--max-grid ignored), and score every pixel: as `fit` would (much slower), not "
+            "the sweep's cheaper defaults (PatchCore's 32-d coreset search, pooled float16 maps, pixel "
+            "metrics on a stride-2 lattice)",
         ),
     ] = False,
     with_default: Annotated[

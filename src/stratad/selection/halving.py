@@ -2,6 +2,7 @@
 promoted to a three times larger one, until the last round runs the full budget (Jamieson &
 Talwalkar, 2016; Li et al.'s Hyperband uses the same rounds).
 
+A round keeps the best third of its distinct nodes (twins with identical outputs count once).
 A round's budget ``b`` (1/9, 1/3, 1 for three rounds) takes a seeded subset of ``b`` of the D_T
 images, ``sqrt(b)`` of the good and of the defective validation images, and a PatchCore coreset of
 ``b`` of its size. Each round is an ordinary resumable sweep in ``rounds/<r>`` (its own nodes.csv
@@ -37,7 +38,8 @@ class Round:
     index: int
     #: fraction of the full budget
     budget: float
-    #: candidates entering the round (single nodes; the default combination is added by the sweep)
+    #: candidates entering the round (node names, twins included, before the first round finds
+    #: them; the default combination is added by the sweep)
     candidates: int
 
 
@@ -140,6 +142,6 @@ def halving_sweep(
             (r for r in singles if not r.same_as and not math.isnan(r.value(criterion_column))),
             key=lambda r: -r.value(criterion_column),
         )  # stable: ties keep graph order
-        keep = {r.node for r in ranked[: math.ceil(len(candidates) / ETA)]}
+        keep = {r.node for r in ranked[: math.ceil(len(ranked) / ETA)]}  # a third of the distinct nodes
         candidates = [n for n in candidates if n in keep]
     return rows

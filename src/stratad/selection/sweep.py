@@ -10,7 +10,8 @@ limitation. Here:
 - unless ``exact``, every node is fitted with the detector's ``sweep_params`` (PatchCore: a 32-d
   projection while choosing the coreset) and pixel metrics see every ``pixel_stride``-th row and
   column, cheaper approximations whose node ranking was measured against the exact one
-  (``benchmarks/sweep_fidelity.py``);
+  (``benchmarks/sweep_fidelity.py``); an ``exact`` sweep also caches every node at its own
+  resolution in float32 (``max_grid`` ignored), as a fitted pipeline sees it;
 - the per-node fit / score / metrics work of a chunk runs in ``workers`` forked processes that share
   the chunk's features copy-on-write;
 - each finished node is appended to ``nodes.csv`` at once, so a killed sweep resumes where it stopped.
@@ -93,19 +94,27 @@ def read_results(path: Path, fpr_limit: float = 0.3) -> dict[str, NodeResult]:
 
 class CachedFeatures(nn.Module):
     """What the sweep caches of a node: its map average-pooled to at most ``max_grid`` x
-    ``max_grid`` (``max_grid=0``: at its own resolution; pooled nodes unchanged), as float16 in the
-    layout the backbone produced (channels-last on the CPU, which the patch detectors pool fastest).
-    Always a new tensor."""
+    ``max_grid`` (``max_grid=0``: at its own resolution; pooled nodes unchanged), as ``dtype``
+    (float16 unless exact) in the layout the backbone produced (channels-last on the CPU, which the
+    patch detectors pool fastest). Always a new tensor."""
 
-    def __init__(self, max_grid: int) -> None:
+    def __init__(self, max_grid: int, dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
         self.max_grid = max_grid
+        self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.max_grid
         if x.ndim == 4 and g > 0 and (x.shape[-2] > g or x.shape[-1] > g):
             x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], g), min(x.shape[-1], g)))
-        return x.to(torch.float16, copy=True)
+        return x.to(self.dtype, copy=True)
+
+
+def cached_features(cfg: SweepConfig) -> CachedFeatures:
+    """How a sweep caches node features: an ``exact`` sweep keeps every node at its own resolution
+    in float32, as a fitted pipeline sees it (so single nodes and the default pair are scored on
+    the same footing as ``fit``); otherwise maps are pooled to ``max_grid`` and cast to float16."""
+    return CachedFeatures(0, torch.float32) if cfg.exact else CachedFeatures(cfg.max_grid)
 
 
 def plan_chunks(sizes: dict[str, int], budget_bytes: int) -> list[list[str]]:
@@ -329,11 +338,15 @@ def run_sweep(
 
     def cached_bytes(node: str) -> int:
         info = infos[node]
-        cap = cfg.max_grid or max(info.height, info.width)  # 0: the node's own resolution
+        cache = cached_features(cfg)
+        cap = cache.max_grid or max(info.height, info.width)  # 0: the node's own resolution
         grid = min(info.height, cap) * min(info.width, cap) if info.height else 1
-        return n_images * info.channels * grid * 2
+        return n_images * info.channels * grid * cache.dtype.itemsize
 
     chunks = plan_chunks({n: cached_bytes(n) for n in todo}, budget)
+    combination_nodes = [n for n in infos if any(n in candidate_nodes(c) for c in combinations_todo)]
+    # One chunk (the usual case): the combinations' nodes ride along in its backbone pass.
+    ride_along = len(chunks) == 1 and bool(combinations_todo)
     new_file = not results_path.exists()
     finished = n_candidates - len(todo) - len(combinations_todo)
     with open(results_path, "a", newline="") as handle:
@@ -356,7 +369,9 @@ def run_sweep(
                     label = f"features of {images_done}/{n_images} images{part}"
                     progress(label, done_before, n_candidates)
 
-            feats = _extract_chunk(backbone, chunk, cfg, train_images, evaluation, extracting)
+            extra = [n for n in combination_nodes if n not in chunk] if ride_along else []
+            wanted = [n for n in infos if n in chunk or n in extra]  # graph order
+            feats = _extract_chunk(backbone, wanted, cfg, train_images, evaluation, extracting)
             context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             aliases = _identical_nodes(chunk, context.train, context.test)
             unique = [n for n in chunk if n not in aliases]
@@ -367,11 +382,12 @@ def run_sweep(
                 finished += 1
                 if progress is not None:
                     progress(result.node, finished, n_candidates)
-            del context, feats  # the chunk's features go before the next chunk is extracted
-        if combinations_todo:  # one more pass, over the union of their nodes
-            union = [n for n in infos if any(n in candidate_nodes(c) for c in combinations_todo)]
-            feats = _extract_chunk(backbone, union, cfg, train_images, evaluation)
-            context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
+            if not ride_along:
+                del context, feats  # the chunk's features go before the next chunk is extracted
+        if combinations_todo:  # with the chunk's features, or one more pass over their nodes
+            if not ride_along:
+                feats = _extract_chunk(backbone, combination_nodes, cfg, train_images, evaluation)
+                context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             for combination in combinations_todo:
                 result = _describe(_score_node(context, combination), infos, None)
                 writer.writerow({k: csv_cell(v) for k, v in result.row().items()})
@@ -426,7 +442,7 @@ def _extract_chunk(
     """
     from stratad.backbones import NodeExtractor
 
-    extractor = NodeExtractor(backbone, chunk, device=cfg.device, reduce=CachedFeatures(cfg.max_grid))
+    extractor = NodeExtractor(backbone, chunk, device=cfg.device, reduce=cached_features(cfg))
     feats: dict[str, dict[str, torch.Tensor]] = {}
     done = 0
     for role, images in (("train", train_images), ("test", evaluation.images)):
