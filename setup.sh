@@ -7,5 +7,5 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+.venv/bin/python -m pip install -q -e ".[dev,study]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 .venv/bin/python -c "import stratad, torch, torchvision, timm, faiss; print('stratad', stratad.__version__, 'torch', torch.__version__, 'ready')"

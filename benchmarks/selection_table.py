@@ -19,7 +19,6 @@ from stratad.runtime import configure_runtime
 configure_runtime()  # before torch loads: passive OpenMP waiting, freed-memory reuse
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -36,7 +35,7 @@ from stratad.pipeline import Pipeline
 from stratad.selection import EvalSet, SweepConfig, run_sweep, select_features
 from stratad.selection.config import COMBINATION_SEPARATOR, candidate_nodes
 from stratad.selection.split import selection_split
-from stratad.selection.sweep import load_uint8_images
+from stratad.selection.sweep import load_uint8_images, pooled_exact
 from stratad.workflows.study import detect_category_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +116,9 @@ def main() -> None:
             np.array([r.label for r in split.test]),
             real_masks(split.test),
         )
-        # The real-test sweep is the ground truth of the table: every node fitted exactly.
-        real_cfg = dataclasses.replace(cfg, exact=True)
+        # The real-test sweep is the ground truth of the table: every node fitted with the exact
+        # options, every pixel scored (maps pooled to --max-grid).
+        real_cfg = pooled_exact(cfg)
         real_rows = run_sweep(real_cfg, train_images, evaluation, args.work / f"real_s{seed}")
         real = {r.node: r for r in real_rows}
         real_s = time.perf_counter() - t0

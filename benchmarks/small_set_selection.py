@@ -26,7 +26,7 @@ import numpy as np
 from stratad.data import load_dataset
 from stratad.data.datasets import record_mask
 from stratad.selection import EvalSet, SweepConfig, run_sweep, select_features
-from stratad.selection.sweep import load_uint8_images
+from stratad.selection.sweep import load_uint8_images, pooled_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 MTD = ROOT.parent / "shared" / "datasets" / "mtd"
@@ -63,7 +63,7 @@ def main() -> None:
             np.array([r.label for r in split.test]),
             [record_mask(r) for r in split.test],
         )
-        real_cfg = SweepConfig(**{**cfg.__dict__, "exact": True})
+        real_cfg = pooled_exact(cfg)
         real = run_sweep(
             real_cfg, load_uint8_images(train, cfg.image_size), evaluation, args.work / f"real_s{seed}"
         )

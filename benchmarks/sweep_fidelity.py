@@ -29,6 +29,7 @@ from scipy.stats import spearmanr
 
 from stratad.data import load_dataset
 from stratad.selection import SweepConfig, select_features
+from stratad.selection.sweep import pooled_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 MTD = ROOT.parent / "shared" / "datasets" / "mtd"
@@ -68,8 +69,9 @@ def main() -> None:
             detector_params={"coreset_size": 1000, **variant["params"]},
             max_grid=16,
             workers=args.workers,
-            exact=variant["exact"],
         )
+        if variant["exact"]:  # exact options and every pixel, on the same pooled maps
+            cfg = pooled_exact(cfg)
         resumed[name] = (args.work / name / "nodes.csv").exists()
         t0 = time.perf_counter()
         result = select_features(split.train, cfg, args.work / name, defects="nsa")

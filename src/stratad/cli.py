@@ -539,6 +539,69 @@ def sweep(
 
 
 @app.command()
+@grouped(report=reporter)
+def study(
+    root: Annotated[
+        Path, typer.Option("--root", help="MVTec-layout folder: <category>/train/good, test/...")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="output folder: study.csv and one sweep per task")],
+    categories: Annotated[
+        str | None, typer.Option(help="comma list (default: every category under --root)")
+    ] = None,
+    backbones: Annotated[str, typer.Option(help="comma list of backbones")] = "efficientnet_lite0",
+    sizes: Annotated[str, typer.Option(help="comma list of input sizes")] = "256",
+    nodes: Annotated[
+        str, typer.Option(help="'stages' (each backbone's stage ends), 'all', a comma list or globs")
+    ] = "stages",
+    detector: DetectorOpt = "patchcore",
+    param: ParamOpt = None,
+    weights: WeightsOpt = "imagenet",
+    max_grid: Annotated[int, typer.Option(help="average-pool node maps to this grid; 0 = native")] = 32,
+    exact: Annotated[bool, typer.Option("--exact/--fast", help="as for `sweep`")] = False,
+    chunk_nodes: Annotated[int, typer.Option(help="nodes per task (one backbone pass each)")] = 16,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="run the tasks on Ray: 'local' (a Ray instance on this machine) or a cluster address"
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="local processes without --ray; 0 = one per core, at most 4")
+    ] = 0,
+    rf: RfOpt = True,
+    seed: SeedOpt = 0,
+    report: Reporter = Reporter(),
+) -> None:
+    """Analysis: the extractor study's grid (categories x backbones x sizes x nodes) on real test splits."""
+    from stratad.selection.study import StudyConfig
+    from stratad.workflows import study_to_folder
+
+    sweep = SweepConfig(
+        weights=weights, detector=detector, detector_params=parse_params(param), max_grid=max_grid,
+        exact=exact, seed=seed,
+    )  # fmt: skip
+    cfg = StudyConfig(
+        root=root,
+        categories=parse_list(categories, "--categories") or [],
+        backbones=parse_list(backbones, "--backbones") or [],
+        sizes=[_int(s, "--sizes") for s in parse_list(sizes, "--sizes") or []],
+        nodes=parse_list(nodes, "--nodes") or ["stages"],
+        chunk_nodes=chunk_nodes,
+        sweep=sweep,
+        rf=rf,
+    )
+    rows = study_to_folder(cfg, out, ray=ray, workers=workers, reporter=report)
+    console.print(f"{len(rows)} rows -> {out / 'study.csv'}; `stratad analyze {out} --out DIR` reads it")
+
+
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise StratadError(f"{option} takes whole numbers, got {text!r}") from None
+
+
+@app.command()
 def analyze(
     sweeps: Annotated[
         list[Path], typer.Argument(help="sweep folders written by `stratad sweep` (nodes.csv)")

@@ -145,6 +145,16 @@ def test_sweep_options_fast_by_default_exact_on_request() -> None:
     assert sweep_detector_params(cfg) == {**fast, "coreset_size": 7}
     cfg.exact = True
     assert sweep_detector_params(cfg) == {"coreset_size": 7}
+    # The benchmarks' reference: the exact options, every pixel, maps still pooled.
+    from stratad.detectors.patchcore import PatchCoreConfig
+    from stratad.selection.sweep import cached_features, effective_pixel_stride, pooled_exact
+
+    reference = pooled_exact(SweepConfig(detector_params={"coreset_size": 7}, max_grid=16))
+    assert sweep_detector_params(reference) == {
+        "coreset_size": 7,
+        "projection_dim": PatchCoreConfig.projection_dim,
+    }
+    assert effective_pixel_stride(reference) == 1 and cached_features(reference).max_grid == 16
     # an option the user sets always wins over the sweep's default
     cfg = SweepConfig(detector="patchcore", detector_params={"projection_dim": 99})
     assert sweep_detector_params(cfg)["projection_dim"] == 99

@@ -43,15 +43,15 @@ class Round:
     candidates: int
 
 
-def schedule(n_candidates: int, rounds: int = MAX_ROUNDS) -> list[Round]:
-    """The rounds for ``n_candidates`` nodes: as many as keep at least ``ETA`` nodes in the last."""
+def schedule(n_candidates: int, rounds: int = MAX_ROUNDS, eta: int = ETA) -> list[Round]:
+    """The rounds for ``n_candidates`` nodes: as many as keep at least ``eta`` nodes in the last."""
     count = 1
-    while count < rounds and n_candidates / ETA**count >= ETA:
+    while count < rounds and n_candidates / eta**count >= eta:
         count += 1
     plan, left = [], n_candidates
     for r in range(count):
-        plan.append(Round(r, float(ETA ** (r - count + 1)), left))
-        left = math.ceil(left / ETA)
+        plan.append(Round(r, float(eta ** (r - count + 1)), left))
+        left = math.ceil(left / eta)
     return plan
 
 
@@ -105,6 +105,7 @@ def halving_sweep(
     relative_rf: dict[str, float] | None = None,
     settings: dict[str, Any] | None = None,
     criterion_column: str = "p_h",
+    eta: int = ETA,
 ) -> list[NodeResult]:
     """Successive halving of ``cfg.nodes`` (module docstring); rows of the last round."""
     from stratad.backbones import build_backbone, list_nodes, resolve_nodes
@@ -118,7 +119,7 @@ def halving_sweep(
         candidates = [n for n in candidates if heights[n] > 0]
     if not candidates:
         raise StratadError("no candidate node has a spatial output for this detector")
-    plan = schedule(len(candidates))
+    plan = schedule(len(candidates), eta=eta)
     rows: list[NodeResult] = []
     for stage in plan:
         fit, evaluation_r = round_data(train_images, evaluation, stage.budget, cfg.seed)
@@ -142,6 +143,6 @@ def halving_sweep(
             (r for r in singles if not r.same_as and not math.isnan(r.value(criterion_column))),
             key=lambda r: -r.value(criterion_column),
         )  # stable: ties keep graph order
-        keep = {r.node for r in ranked[: math.ceil(len(ranked) / ETA)]}  # a third of the distinct nodes
+        keep = {r.node for r in ranked[: math.ceil(len(ranked) / eta)]}  # a third of the distinct nodes
         candidates = [n for n in candidates if n in keep]
     return rows

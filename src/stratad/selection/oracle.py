@@ -100,15 +100,20 @@ def oracle_table(rows: Sequence[Row], metric: str = "p_h") -> dict[str, Any]:
 
 
 def load_sweep_rows(folders: Sequence[Path], metric: str = "p_h") -> list[Row]:
-    """Rows of several sweep folders, tagged with category (the sweep's label), backbone and size."""
+    """Rows of several sweep folders, tagged with category (the sweep's label), backbone and size,
+    and of study folders (``study.csv`` of ``stratad study``)."""
     import csv
     import json
 
     from stratad.errors import StratadError
     from stratad.selection.config import COMBINATION_SEPARATOR
+    from stratad.selection.study import STUDY_FILE, read_study_rows
 
     rows: list[Row] = []
     for folder in folders:
+        if (folder / STUDY_FILE).is_file():  # a whole study: categories x backbones x sizes
+            rows.extend(read_study_rows(folder / STUDY_FILE, metric))
+            continue
         nodes_csv, stamp = folder / "nodes.csv", folder / "sweep.json"
         if not nodes_csv.is_file() or not stamp.is_file():
             raise StratadError(f"{folder} is not a sweep folder (needs nodes.csv and sweep.json)")

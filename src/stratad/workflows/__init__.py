@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         evaluate_to_json,
         receptive_field_report,
         select_to_folder,
+        study_to_folder,
         sweep_to_folder,
     )
 
@@ -59,6 +60,8 @@ _WHERE = {
             "evaluate_to_json",
             "receptive_field_report",
             "select_to_folder",
+            "study_to_folder",
+            "study_to_folder",
             "sweep_to_folder",
         ],
         "study",
@@ -82,6 +85,7 @@ __all__ = [
     "read_png16_map",
     "receptive_field_report",
     "select_to_folder",
+    "study_to_folder",
     "sweep_to_folder",
     "write_synthetic_set",
 ]

@@ -15,6 +15,7 @@ from stratad.selection.config import Criterion, FinalFit, SweepConfig, candidate
 
 if TYPE_CHECKING:
     from stratad.selection.select import SelectionResult
+    from stratad.selection.study import StudyConfig
 
 
 def check_sweep_setup(cfg: SweepConfig) -> SweepConfig:
@@ -232,6 +233,23 @@ def evaluate_to_json(
         text = json.dumps(result, indent=2)
         atomic_write(Path(json_out), lambda tmp: Path(tmp).write_text(text))
     return result
+
+
+def study_to_folder(
+    cfg: StudyConfig,
+    out: str | Path,
+    *,
+    ray: str | None = None,
+    workers: int = 0,
+    reporter: Reporter | None = None,
+) -> list[dict[str, Any]]:
+    """The extractor study's grid over an MVTec-layout root (:mod:`stratad.selection.study`), on
+    local processes or on Ray; ``<out>/study.csv`` (which ``analyze`` reads) and its rows."""
+    from stratad.selection.study import run_study
+
+    reporter = reporter or Reporter()
+    with reporter.count("study tasks") as update:
+        return run_study(cfg, out, ray, workers, update)
 
 
 def analyze_sweeps(sweeps: Sequence[str | Path], out: str | Path, metric: str = "p_h") -> dict[str, Any]:
