@@ -551,7 +551,11 @@ def study(
     backbones: Annotated[str, typer.Option(help="comma list of backbones")] = "efficientnet_lite0",
     sizes: Annotated[str, typer.Option(help="comma list of input sizes")] = "256",
     nodes: Annotated[
-        str, typer.Option(help="'stages' (each backbone's stage ends), 'all', a comma list or globs")
+        str,
+        typer.Option(
+            help="'stages' (each backbone's stage ends), 'rf4' (4 nodes evenly spaced in relative "
+            "receptive field, the study's sampling), 'all', a comma list or globs"
+        ),
     ] = "stages",
     detector: DetectorOpt = "patchcore",
     param: ParamOpt = None,

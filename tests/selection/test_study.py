@@ -76,7 +76,11 @@ def test_processes_and_local_ray_give_the_same_table_and_analyze_reads_it(tmp_pa
         (c, s) for c in ("alpha", "beta") for s in ("64", "96")
     }
     table = analyze_sweeps([tmp_path / "ray"], tmp_path / "analysis")
-    assert set(table["best_node_per_category"]) == {"efficientnet_lite0@64", "efficientnet_lite0@96"}
+    assert set(table["best_node_per_category_by_extractor"]) == {
+        "efficientnet_lite0@64",
+        "efficientnet_lite0@96",
+    }
+    assert table["base_size"] == 64 and set(table["tasks"]) == {"classification", "localization", "p_h"}
 
 
 def test_a_stopped_study_resumes_from_its_task_folders(tmp_path: Path) -> None:
@@ -109,3 +113,17 @@ def test_a_failing_task_is_one_error_naming_it(tmp_path: Path, ray: str | None) 
     ) as caught:
         run_study(cfg, tmp_path / "s", ray_address=ray, workers=1)
     assert "\n" not in str(caught.value)
+
+
+def test_rf4_samples_four_nodes_evenly_spaced_in_receptive_field(tmp_path: Path) -> None:
+    from stratad.backbones import build_backbone, relative_receptive_field
+
+    root = _root(tmp_path)
+    cfg = _cfg(root)
+    cfg.nodes, cfg.sizes, cfg.categories, cfg.chunk_nodes = ["rf4"], [64], ["alpha"], 8
+    (task,) = plan_study(cfg)
+    rf = relative_receptive_field(
+        build_backbone("efficientnet_lite0", weights="random"), list(task.nodes), image_size=64
+    )
+    values = [rf[n] for n in task.nodes]
+    assert len(task.nodes) == 4 and values == sorted(values) and values[0] < values[-1]

@@ -57,7 +57,8 @@ class StudyConfig:
     categories: list[str] = field(default_factory=list)  # empty: every category under root
     backbones: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
     sizes: list[int] = field(default_factory=lambda: [256])
-    #: node names, globs, ``all``, or ``stages`` (each backbone's stage ends)
+    #: node names, globs, ``all``, ``stages`` (each backbone's stage ends) or ``rf4`` (4 nodes evenly
+    #: spaced in relative receptive field, the study's sampling), also mixed
     nodes: list[str] = field(default_factory=lambda: ["stages"])
     #: nodes per task (a task costs one backbone pass; smaller chunks spread wider)
     chunk_nodes: int = 16
@@ -101,11 +102,15 @@ def plan_study(cfg: StudyConfig) -> list[StudyTask]:
     tasks = []
     for backbone_name in cfg.backbones:
         backbone = build_backbone(backbone_name, weights=cfg.sweep.weights, seed=cfg.sweep.seed)
-        requested = [m for n in cfg.nodes for m in (backbone.stages if n == "stages" else [n])]
-        nodes = resolve_nodes(backbone, requested)
+        requested = [
+            m for n in cfg.nodes if n != RF_SAMPLE for m in (backbone.stages if n == "stages" else [n])
+        ]
+        nodes = resolve_nodes(backbone, requested) if requested else []
         for size in cfg.sizes:
             infos = {i.name: i for i in list_nodes(backbone, image_size=size) if i.height > 0}
-            chosen = [n for n in nodes if n in infos]
+            if RF_SAMPLE in cfg.nodes:
+                nodes = [*nodes, *(n for n in rf_sample(backbone, size, list(infos)) if n not in nodes)]
+            chosen = [n for n in infos if n in nodes]  # graph order
             chunks = [chosen[i : i + cfg.chunk_nodes] for i in range(0, len(chosen), cfg.chunk_nodes)]
             for category in categories:
                 for k, chunk in enumerate(chunks):
@@ -122,6 +127,22 @@ def plan_study(cfg: StudyConfig) -> list[StudyTask]:
     return sorted(
         tasks, key=lambda t: (order[t.category], cfg.backbones.index(t.backbone), t.image_size, t.chunk)
     )
+
+
+#: ``--nodes rf4``: 4 nodes evenly spaced in relative receptive field (the study's layer sampling)
+RF_SAMPLE = "rf4"
+
+
+def rf_sample(backbone: Any, image_size: int, nodes: list[str]) -> list[str]:
+    """4 of ``nodes`` evenly spaced in relative receptive field at ``image_size`` (cached per weights)."""
+    from stratad.backbones import relative_receptive_field
+    from stratad.backbones.receptive import default_cache_dir
+    from stratad.selection.oracle import rf_sampler
+
+    rf = relative_receptive_field(
+        backbone, nodes, image_size=image_size, cache_dir=default_cache_dir() / "receptive_fields"
+    )
+    return rf_sampler({n: rf[n] for n in nodes if n in rf}, 4)
 
 
 def task_memory_bytes(feature_bytes: int) -> int:

@@ -253,14 +253,27 @@ def study_to_folder(
 
 
 def analyze_sweeps(sweeps: Sequence[str | Path], out: str | Path, metric: str = "p_h") -> dict[str, Any]:
-    """Oracle selection functions over real-test sweeps (oracle.json) and their plots."""
+    """The extractor study's oracles over real-test sweeps or study tables (oracle.json): for
+    ``metric`` at the top level, for classification, localisation and P_h each under its own key,
+    and the mean ``metric`` per block and layer type; plots of ``metric`` against the receptive field
+    and of the best nodes."""
     from stratad.export.io import atomic_write
     from stratad.report.plots import best_node_histogram, performance_vs_receptive_field
-    from stratad.selection.oracle import best_node_counts, load_sweep_rows, oracle_table
+    from stratad.selection.oracle import (
+        best_node_counts,
+        group_means,
+        load_sweep_rows,
+        oracle_table,
+        study_oracles,
+    )
 
     out = Path(out)
     rows = load_sweep_rows([Path(s) for s in sweeps], metric)
-    table: dict[str, Any] = oracle_table(rows, metric)
+    table: dict[str, Any] = {
+        **oracle_table(rows, metric),
+        "tasks": study_oracles(rows),
+        "groups": group_means(rows, metric),
+    }
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(table, indent=2)
     atomic_write(out / "oracle.json", lambda tmp: Path(tmp).write_text(text))
