@@ -74,7 +74,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--kinds", default="simple,cutpaste,nsa")
+    parser.add_argument(
+        "--kinds", default="simple,cutpaste,nsa", help="defect kinds; a mixture joins kinds by '+'"
+    )
+    parser.add_argument("--pairs", type=int, default=0, help="also pair the N best synthetic nodes")
     parser.add_argument("--nodes", default="all")
     parser.add_argument("--max-grid", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
@@ -108,6 +111,7 @@ def main() -> None:
             seed=seed,
             exact=args.exact_selection,
             with_default=not args.no_default,
+            pairs=args.pairs,
         )
         t0 = time.perf_counter()
         train_images = load_uint8_images(split.train, cfg.image_size)
@@ -137,32 +141,36 @@ def main() -> None:
         for kind in args.kinds.split(","):
             t1 = time.perf_counter()
             # NSA's official settings for the kind of images, detected as `stratad select` does.
-            defect_params = {"category_type": detect_category_type(split.train, cfg)} if kind == "nsa" else {}
+            defects = kind.replace("+", ",")  # a mixture
+            nsa = "nsa" in defects.split(",")
+            defect_params = {"category_type": detect_category_type(split.train, cfg)} if nsa else {}
             result = select_features(
-                split.train, cfg, args.work / f"{kind}_s{seed}", defects=kind, defect_params=defect_params
+                split.train, cfg, args.work / f"{kind}_s{seed}", defects=defects, defect_params=defect_params
             )
             # P_k (the extractor study's Table 4): mean real P_h of the k best synthetic single nodes.
             synthetic = [r for r in result.table if not r.same_as and COMBINATION_SEPARATOR not in r.node]
             ranked = [r.node for r in sorted(synthetic, key=lambda r: -r.value("p_h"))]
+            # The chosen node as `select --final all|selection` writes it, evaluated officially.
+            final_model_p_h = {
+                final: official_p_h(
+                    args.work / f"{kind}_s{seed}" / f"final_{final}.json",
+                    result.node,
+                    split.train if final == "all" else selection_split(split.train, seed=seed).fit,
+                    split.test,
+                    params,
+                    seed,
+                )
+                for final in ("all", "selection")
+            }
             row[kind] = {
                 "defect_params": defect_params,
                 "p_k": {k: statistics.fmean(real[n].value("p_h") for n in ranked[:k]) for k in (1, 3, 5)},
                 "selected_node": result.node,
                 "synthetic_p_h": result.value,
-                "real_p_h": real[result.node].value("p_h"),
+                # A pair of synthetic nodes has no row in the real sweep: its official value stands in.
+                "real_p_h": real[result.node].value("p_h") if result.node in real else final_model_p_h["all"],
                 "seconds": round(time.perf_counter() - t1, 1),
-                # The chosen node as `select --final all|selection` writes it, evaluated officially.
-                "final_model_p_h": {
-                    final: official_p_h(
-                        args.work / f"{kind}_s{seed}" / f"final_{final}.json",
-                        result.node,
-                        split.train if final == "all" else selection_split(split.train, seed=seed).fit,
-                        split.test,
-                        params,
-                        seed,
-                    )
-                    for final in ("all", "selection")
-                },
+                "final_model_p_h": final_model_p_h,
             }
         combo_file = args.work / f"default_s{seed}.json"
         if combo_file.is_file():
@@ -203,6 +211,7 @@ def main() -> None:
             "nodes": args.nodes,
             "selection_sweep": "exact" if args.exact_selection else "fast (detector sweep_params)",
             "default_pair_candidate": not args.no_default,
+            "pairs": args.pairs,
         },
         "summary": summary,
         "per_seed": per_seed,

@@ -190,3 +190,27 @@ def test_option_groups_reach_every_group_once_declared() -> None:
 def test_usage_errors_are_one_line_with_the_command_help_named() -> None:
     line = error_line(run("evaluate", "--data", "x"))
     assert line == "error: Missing option '--model' (see `stratad evaluate --help`)"
+
+
+def test_select_among_sizes_with_pairs_and_a_defect_mixture(tmp_path: Path) -> None:
+    from tests.conftest import make_mvtec
+
+    data = make_mvtec(tmp_path / "data", n_train=16)
+    sel = run(
+        "select", "--data", str(data), "--defects", "simple,cutpaste", "--out", str(tmp_path / "sel"),
+        "--sizes", "64,80", "--pairs", "2", "--nodes", "blocks.1,blocks.2,blocks.3", "-p", "coreset_size=40",
+        "--final", "none", "--no-progress",
+    )  # fmt: skip
+    assert sel.returncode == 0, sel.stderr
+    top = json.loads((tmp_path / "sel" / "selected.json").read_text())
+    assert set(top["per_size"]) == {"64", "80"} and top["image_size"] in (64, 80)
+    best = max(top["per_size"].values(), key=lambda c: c["value"])
+    assert top["node"] == best["node"] and "per size: 64 px" in sel.stderr
+    for size in (64, 80):
+        with open(tmp_path / "sel" / f"size_{size}" / "nodes.csv", newline="") as handle:
+            names = [r["node"] for r in csv.DictReader(handle)]
+        assert len(names) == 3 + 1 + 1  # three nodes, the default pair, one pair of the two best
+        stamp = json.loads((tmp_path / "sel" / f"size_{size}" / "sweep.json").read_text())
+        assert stamp["defects"] == "simple,cutpaste" and stamp["image_size"] == size
+    bad = run("select", "--data", str(data), "--out", str(tmp_path / "bad"), "--sizes", "64,x")
+    assert bad.returncode == 1 and error_line(bad) == "error: --sizes takes whole numbers, got 'x'"

@@ -221,6 +221,12 @@ def sweep_settings(
             "never ends below the default choice)",
         ),
     ] = True,
+    pairs: Annotated[
+        int,
+        typer.Option(
+            help="also score every pair of the N best single nodes as one candidate each (0 = none)"
+        ),
+    ] = 0,
     bit_depth: BitDepthOpt = None,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
@@ -244,6 +250,7 @@ def sweep_settings(
         exact=exact,
         bit_depth=bit_depth,
         with_default=with_default,
+        pairs=pairs,
     )
 
 
@@ -439,7 +446,13 @@ def select(
     out: Annotated[
         Path, typer.Option("--out", help="output folder: nodes.csv, selected.json, model.stratad")
     ],
-    defects: Annotated[DefectKind, typer.Option(help="synthetic defect kind")] = DefectKind.nsa,
+    defects: Annotated[
+        str,
+        typer.Option(
+            help="synthetic defect kind (simple, cutpaste, nsa) or a mixture such as simple,cutpaste,nsa "
+            "(the defective validation images dealt to the kinds in turn)"
+        ),
+    ] = "nsa",
     criterion: Annotated[
         Criterion, typer.Option(help="p_h (harmonic mean of image AUROC and AU-PRO) or p_cls (image AUROC)")
     ] = Criterion.p_h,
@@ -471,16 +484,24 @@ def select(
             "the best ninth on all of it; or every node on all of it",
         ),
     ] = False,
+    sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="comma list of input sizes to select among (overrides --image-size): each size is "
+            "selected in out/size_<S>/ and the best synthetic score wins"
+        ),
+    ] = None,
     report: Reporter = Reporter(),
 ) -> None:
     """Pick the best node for this application from synthetic defects (no real defect needed)."""
     from stratad.workflows import select_to_folder
 
     run = select_to_folder(
-        source, cfg, out, defects=defects.value, criterion=criterion, top_k=top_k, final=final, rf=rf,
+        source, cfg, out, defects=defects, criterion=criterion, top_k=top_k, final=final, rf=rf,
         category_type=category_type.value, folds=folds, halving=halving, reporter=report,
+        sizes=[_int(v, "--sizes") for v in parse_list(sizes, "--sizes") or []] or None,
     )  # fmt: skip
-    print_top(run, f"top {top_k} nodes by synthetic {run.result.criterion} ({defects.value})")
+    print_top(run, f"top {top_k} nodes by synthetic {run.result.criterion} ({defects})")
     print_selection(run, out)
 
 
@@ -509,7 +530,11 @@ def print_selection(run: Any, out: Path) -> None:
             f"{c['challenger']} beat the default {c['default']} in {c['win_rate']:.0%} of {c['resamples']} "
             f"bootstrap resamples of the validation set (needs {c['level']:.0%})"
         )
-    console.print(f"selected {r.node} ({r.criterion} = {r.value:.4f}) -> {out / 'selected.json'}")
+    if len(run.per_size) > 1:
+        sizes = ", ".join(f"{s} px: {c['node']} ({c['value']:.4f})" for s, c in run.per_size.items())
+        console.print(f"per size: {sizes}")
+    at = f" at {run.image_size} px" if len(run.per_size) > 1 else ""
+    console.print(f"selected {r.node}{at} ({r.criterion} = {r.value:.4f}) -> {out / 'selected.json'}")
     if run.model is not None:
         console.print(f"final model on {run.n_final} of {run.n_train} training images -> {run.model}")
 

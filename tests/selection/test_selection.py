@@ -356,3 +356,38 @@ def test_the_default_combination_scores_the_same_in_the_chunk_pass_or_its_own(tm
     neutral = {"fit_s": 0, "score_s": 0, "same_as": ""}
     assert [r.row() | neutral for r in one] == [r.row() | neutral for r in many]
     assert any("+" in r.node for r in one)
+
+
+def test_pairs_of_the_best_nodes_and_a_defect_mixture(tmp_path: Path) -> None:
+    """--pairs 3 adds the 3 pairs of the 3 best single nodes as candidates (the singles' rows
+    unchanged); a mixture deals the defective validation images to its kinds in turn."""
+    from stratad.selection.config import top_pairs
+
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    cfg = SweepConfig(
+        weights="random", nodes=["blocks.2*"], image_size=64, batch_size=8,
+        detector_params={"coreset_size": 40},
+    )  # fmt: skip
+    plain = select_features(train, cfg, tmp_path / "plain", defects="simple").table
+    cfg.pairs = 3
+    paired = select_features(train, cfg, tmp_path / "paired", defects="simple").table
+    expected = top_pairs(plain, 3, "p_h")
+    assert len(expected) == 3 and [r.node for r in paired[len(plain) :]] == expected
+    neutral = {"fit_s": 0, "score_s": 0}
+    assert [r.row() | neutral for r in paired[: len(plain)]] == [r.row() | neutral for r in plain]
+    with pytest.raises(StratadError, match="one split"):
+        select_features(train, cfg, tmp_path / "x", defects="simple", folds=2)
+    with pytest.raises(StratadError, match="at least 2"):
+        select_features(train, SweepConfig(**{**cfg.__dict__, "pairs": 1}), tmp_path / "y", defects="simple")
+    # the mixture: 4 defective images dealt to simple, cutpaste, simple, cutpaste
+    split = selection_split(train, seed=0)
+    mixed = build_validation_set(split, "simple,cutpaste", 64, seed=0)
+    only_simple = build_validation_set(split, "simple", 64, seed=0)
+    assert mixed.labels.tolist() == only_simple.labels.tolist()
+    black = [
+        bool((img.numpy().max(axis=0) == 0)[mask].all())
+        for img, mask in zip(mixed.images[2:], mixed.masks[2:], strict=True)
+    ]
+    assert black == [True, False, True, False]  # simple defects are black, cutpaste ones are not
+    with pytest.raises(Exception, match="twice"):
+        build_validation_set(split, "simple,simple", 64, seed=0)

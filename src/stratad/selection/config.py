@@ -164,3 +164,18 @@ class SweepConfig:
     #: also score the detector's default node combination (PatchCore: the last nodes at strides 8
     #: and 16) as one candidate, so a selection can never end below the default choice
     with_default: bool = False
+    #: also score every pair of the ``pairs`` best single nodes (by the selection criterion) as one
+    #: candidate each (0 = no pairs)
+    pairs: int = 0
+
+
+def top_pairs(rows: list[NodeResult], count: int, column: str) -> list[str]:
+    """Every pair of the ``count`` best distinct single nodes of ``rows`` by ``column``, each named in
+    the rows' (graph) order: the extra candidates of ``SweepConfig.pairs``."""
+    from itertools import combinations
+
+    singles = [r for r in rows if COMBINATION_SEPARATOR not in r.node and not r.same_as]
+    scored = [r for r in singles if not math.isnan(r.value(column))]
+    best = {r.node for r in sorted(scored, key=lambda r: -r.value(column))[:count]}
+    ordered = [r.node for r in singles if r.node in best]
+    return [COMBINATION_SEPARATOR.join(pair) for pair in combinations(ordered, 2)]

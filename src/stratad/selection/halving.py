@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from stratad.errors import StratadError
-from stratad.selection.config import COMBINATION_SEPARATOR, NodeResult, SweepConfig
+from stratad.selection.config import COMBINATION_SEPARATOR, NodeResult, SweepConfig, top_pairs
 
 #: Each round keeps a third of the candidates and triples the budget.
 ETA = 3
@@ -129,15 +129,12 @@ def halving_sweep(
             if progress is not None:
                 progress(f"round {stage.index + 1}/{len(plan)}: {label}", done, total)
 
-        rows = run_sweep(
-            round_cfg,
-            fit,
-            evaluation_r,
-            out_dir / "rounds" / str(stage.index),
-            tell,
-            relative_rf,
-            {**(settings or {}), "halving_round": stage.index, "halving_budget": stage.budget},
-        )
+        round_settings = {**(settings or {}), "halving_round": stage.index, "halving_budget": stage.budget}
+        folder = out_dir / "rounds" / str(stage.index)
+        rows = run_sweep(round_cfg, fit, evaluation_r, folder, tell, relative_rf, round_settings)
+        if stage.index == plan[-1].index and cfg.pairs > 1:  # pairs of the best, at the full budget
+            pairs = top_pairs(rows, cfg.pairs, criterion_column)
+            rows = run_sweep(round_cfg, fit, evaluation_r, folder, tell, relative_rf, round_settings, pairs)
         singles = [r for r in rows if COMBINATION_SEPARATOR not in r.node]
         ranked = sorted(
             (r for r in singles if not r.same_as and not math.isnan(r.value(criterion_column))),

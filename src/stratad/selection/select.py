@@ -25,6 +25,7 @@ from stratad.selection.config import (
     Criterion,
     NodeResult,
     SweepConfig,
+    top_pairs,
 )
 from stratad.selection.halving import halving_sweep
 from stratad.selection.split import selection_split
@@ -103,6 +104,8 @@ def select_features(
         raise StratadError(f"--folds must be at least 1, got {folds}")
     if halving and folds > 1:
         raise StratadError("--halving ranks on one split: use it with --folds 1")
+    if cfg.pairs and folds > 1:  # each split would pair other nodes: their averages would not compare
+        raise StratadError("--pairs ranks on one split: use it with --folds 1")
     first = selection_split(train, seed=cfg.seed)
     _check_folds(out_dir, folds)
     fold_rows, kept = [], None
@@ -117,13 +120,15 @@ def select_features(
         evaluation = EvalSet(val.images, val.labels, list(val.masks))
         settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
         fold_dir = out_dir if folds == 1 else out_dir / "folds" / str(k)
+        column = CRITERION_COLUMN[Criterion(criterion)]
         if halving:
-            column = CRITERION_COLUMN[Criterion(criterion)]
             rows = halving_sweep(
                 cfg, train_images, evaluation, fold_dir, progress, relative_rf, settings, column
             )
         else:
-            rows = run_sweep(cfg, train_images, evaluation, fold_dir, progress, relative_rf, settings)
+            rows = sweep_nodes(
+                cfg, train_images, evaluation, fold_dir, progress, relative_rf, settings, column
+            )
         fold_rows.append(rows)
         if k == 0:
             kept = (train_images, evaluation)
@@ -254,10 +259,30 @@ def sweep_and_choose(
     relative_rf: dict[str, float] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> SelectionResult:
-    """The one path of ``select`` (synthetic evaluation set) and ``sweep`` (the real test split):
-    score every node, then rank them by ``criterion`` with :func:`choose`."""
-    rows = run_sweep(cfg, train_images, evaluation, out_dir, progress, relative_rf, settings)
+    """``sweep`` (the real test split): score every node (:func:`sweep_nodes`), then rank them by
+    ``criterion`` with :func:`choose`, as ``select`` ranks them on its synthetic set."""
+    column = CRITERION_COLUMN[Criterion(criterion)]
+    rows = sweep_nodes(cfg, train_images, evaluation, out_dir, progress, relative_rf, settings, column)
     return choose(rows, criterion, top_k)
+
+
+def sweep_nodes(
+    cfg: SweepConfig,
+    train_images: Any,
+    evaluation: EvalSet,
+    out_dir: Path,
+    progress: Callable[[str, int, int], None] | None,
+    relative_rf: dict[str, float] | None,
+    settings: dict[str, Any] | None,
+    column: str,
+) -> list[NodeResult]:
+    """The exhaustive sweep of ``select`` and ``sweep``: every node, then (``cfg.pairs``) every pair
+    of the best ones by ``column``, in the same resumable folder."""
+    rows = run_sweep(cfg, train_images, evaluation, out_dir, progress, relative_rf, settings)
+    if cfg.pairs > 1:
+        pairs = top_pairs(rows, cfg.pairs, column)
+        rows = run_sweep(cfg, train_images, evaluation, out_dir, progress, relative_rf, settings, pairs)
+    return rows
 
 
 def real_test_set(

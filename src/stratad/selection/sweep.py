@@ -312,8 +312,10 @@ def run_sweep(
     progress: Callable[[str, int, int], None] | None = None,
     relative_rf: dict[str, float] | None = None,
     settings: dict[str, Any] | None = None,
+    extra: Sequence[str] = (),
 ) -> list[NodeResult]:
-    """Fit ``cfg.detector`` on ``train_images`` for every node, evaluate on ``evaluation``.
+    """Fit ``cfg.detector`` on ``train_images`` for every node, evaluate on ``evaluation``; ``extra``:
+    node combinations scored too (besides the default one, ``cfg.with_default``).
 
     Results go to ``out_dir/nodes.csv`` (one row per finished node, appended as it finishes). The
     folder is stamped (``sweep.json``) with every setting that changes a row, ``settings`` from the
@@ -343,7 +345,9 @@ def run_sweep(
         skipped = []
     if not candidates:
         raise StratadError("no candidate node has a spatial output for this detector")
-    combinations = [c for c in default_candidates(cfg, backbone) if c not in candidates]
+    combinations = list(
+        dict.fromkeys(c for c in [*default_candidates(cfg, backbone), *extra] if c not in candidates)
+    )
     results_path = out_dir / "nodes.csv"
     done = read_results(results_path, cfg.fpr_limit)
     todo = [n for n in candidates if n not in done]
@@ -561,6 +565,8 @@ def check_sweep_config(cfg: SweepConfig) -> None:
         )
     if not cfg.nodes or any(not n.strip() for n in cfg.nodes):
         raise StratadError("no nodes given: pass 'all', a comma list or glob patterns")
+    if cfg.pairs < 0 or cfg.pairs == 1:
+        raise StratadError(f"--pairs must be 0 (no pairs) or at least 2, got {cfg.pairs}")
     if not 0.0 < cfg.fpr_limit <= 1.0:
         raise StratadError(f"the AU-PRO FPR limit must lie in (0, 1], got {cfg.fpr_limit}")
     check_bit_depth(cfg.bit_depth)
@@ -592,6 +598,7 @@ def sweep_stamp(
         "memory_budget_mb": None,
         # Extra candidates only add rows; a row of a node does not depend on them.
         "with_default": None,
+        "pairs": None,
         "pixel_stride": effective_pixel_stride(cfg),
         "fit_params": sweep_detector_params(cfg),
         "weights_sha256": tensors_digest(backbone.model.state_dict()),
@@ -607,7 +614,7 @@ def sweep_stamp(
 
 
 #: Stamp keys that never change a row (folders stamped with any value of them resume).
-_ROW_NEUTRAL = {"with_default"}
+_ROW_NEUTRAL = {"with_default", "pairs"}
 
 _STAMP_NAMES = {
     "data_sha256": "the data (images, labels or masks)",

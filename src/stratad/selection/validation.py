@@ -39,15 +39,31 @@ def build_validation_set(
 ) -> ValidationSet:
     """Good D_V images unchanged; each defect-bound D_V image gets one synthetic defect whose
     source (for CutPaste / NSA) is a random D_T image (:func:`stratad.synth.make_defects`).
-    ``sources``: the D_T images already loaded at ``image_size`` (read here when None)."""
+    ``kind`` may be a mixture (``simple,cutpaste,nsa``): the defect-bound images are dealt to the
+    kinds in turn (image i gets kind i mod k), and each kind takes the options in ``defect_params``
+    it accepts. ``sources``: the D_T images already loaded at ``image_size`` (read here when None)."""
     from stratad.synth import make_defects
+    from stratad.synth.base import defect_kinds, params_for
 
+    kinds = defect_kinds(kind)
     rng = np.random.default_rng(seed)
     good = [read_image_resized(r.path, image_size, bit_depth) for r in split.val_good]
     targets = [read_image_resized(r.path, image_size, bit_depth) for r in split.val_defect]
     if sources is None:
         sources = _LazyImages([r.path for r in split.fit], image_size, bit_depth)
-    made = make_defects(targets, range(len(targets)), kind, rng, sources, **defect_params)
+    if len(kinds) == 1:
+        made = make_defects(targets, range(len(targets)), kinds[0], rng, sources, **defect_params)
+    else:
+        dealt: dict[int, Any] = {}
+        for k, name in enumerate(kinds):
+            mine = list(range(k, len(targets), len(kinds)))
+            for index, defect in zip(
+                mine,
+                make_defects(targets, mine, name, rng, sources, **params_for(name, defect_params)),
+                strict=True,
+            ):
+                dealt[index] = defect
+        made = [dealt[i] for i in range(len(targets))]
     empty = [np.zeros((image_size, image_size), dtype=bool)] * len(good)
     labels = np.array([0] * len(good) + [1] * len(made), dtype=np.int64)
     images = good + [m.image for m in made]

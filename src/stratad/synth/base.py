@@ -192,6 +192,25 @@ def defect_class(kind: str | DefectKind) -> type[DefectGenerator]:
     return DEFECTS.get(kind.value if isinstance(kind, DefectKind) else str(kind).strip().lower())
 
 
+def defect_kinds(defects: str) -> list[str]:
+    """The kinds of a defect spec: one kind (``nsa``) or a mixture (``simple,cutpaste,nsa``), each
+    checked; repeated kinds are an error."""
+    kinds = [k.strip().lower() for k in str(defects).split(",") if k.strip()]
+    if not kinds:
+        raise DataError(f"no defect kind in {defects!r}")
+    if len(set(kinds)) != len(kinds):
+        raise DataError(f"a defect kind appears twice in {defects!r}")
+    for kind in kinds:
+        defect_class(kind)  # an unknown kind fails here, naming the close matches
+    return kinds
+
+
+def params_for(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of ``params`` that the ``kind`` accepts (a mixture's options go to their kinds)."""
+    names = {f.name for f in dataclasses.fields(defect_class(kind).config_class)}
+    return {k: v for k, v in params.items() if k in names}
+
+
 def build_defect(
     kind: str | DefectKind, config: DefectConfig | None = None, **params: Any
 ) -> DefectGenerator:

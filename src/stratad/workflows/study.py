@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,9 @@ class SweepRun:
     n_final: int = 0
     #: defective test images left out of the pixel metrics for want of a mask (``sweep``)
     n_missing_masks: int = 0
+    #: the input size chosen (``select --sizes``), and each size's choice and value
+    image_size: int = 0
+    per_size: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def select_to_folder(
@@ -88,6 +91,7 @@ def select_to_folder(
     category_type: str = "auto",
     folds: int = 1,
     halving: bool = False,
+    sizes: Sequence[int] | None = None,
     reporter: Reporter | None = None,
 ) -> SweepRun:
     """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
@@ -95,15 +99,17 @@ def select_to_folder(
     (or the default combination, when it wins) fitted on all training images (``final="all"``), on
     the D_T part the selection fitted on (``"selection"``, the paper's protocol), or none.
     ``category_type`` (object, texture, or auto: detected from the images) picks NSA's settings.
-    ``halving``: successive halving instead of the exhaustive sweep (one split)."""
+    ``halving``: successive halving instead of the exhaustive sweep (one split). ``sizes``: select
+    at each input size (``out/size_<S>/``, the default pair a candidate at each) and keep the size
+    whose choice scores best on the synthetic set (the first size on ties)."""
     from stratad.pipeline import Pipeline
     from stratad.selection import select_features
     from stratad.selection.select import check_criterion
-    from stratad.synth import build_defect
+    from stratad.synth.base import defect_kinds
 
     reporter = reporter or Reporter()
     out = Path(out)
-    build_defect(defects)
+    kinds = defect_kinds(defects)
     check_criterion(cfg.detector, criterion)
     if top_k < 1:
         raise StratadError(f"--top-k must be at least 1, got {top_k}")
@@ -113,29 +119,45 @@ def select_to_folder(
     split = source.load()
     _fix_bit_depth(cfg, split.train)
     defect_params: dict[str, Any] = {}
-    if defects == "nsa":
+    if "nsa" in kinds:
         kind = category_type if category_type != "auto" else detect_category_type(split.train, cfg)
         defect_params["category_type"] = kind
         reporter.note(
             f"NSA settings for {'a texture' if kind == 'texture' else 'an object'}"
             f"{' (detected)' if category_type == 'auto' else ''}"
         )
-    relative_rf = _relative_rf(cfg, rf, reporter)
-    with reporter.count("scoring nodes") as update:
-        result = select_features(
-            split.train,
-            cfg,
-            out,
-            defects,
-            criterion,
-            top_k,
-            defect_params,
-            update,
-            relative_rf,
-            folds,
-            halving,
-        )
-    run = SweepRun(result, out, len(split.train))
+    bad = [s for s in sizes or [] if s < 32]
+    if bad:
+        raise StratadError(f"--sizes must be at least 32 pixels, got {bad[0]}")
+    runs: dict[int, SweepRun] = {}
+    for size in list(dict.fromkeys(sizes or [cfg.image_size])):
+        sized = replace(cfg, image_size=size)
+        where = out if not sizes or len(sizes) == 1 else out / f"size_{size}"
+        relative_rf = _relative_rf(sized, rf, reporter)
+        with reporter.count(f"scoring nodes at {size} px" if sizes else "scoring nodes") as update:
+            result = select_features(
+                split.train,
+                sized,
+                where,
+                defects,
+                criterion,
+                top_k,
+                defect_params,
+                update,
+                relative_rf,
+                folds,
+                halving,
+            )
+        runs[size] = SweepRun(result, where, len(split.train), image_size=size)
+    size = max(runs, key=lambda s: runs[s].result.value)  # max() keeps the first of equals
+    run = runs[size]
+    run.per_size = {s: {"node": r.result.node, "value": r.result.value} for s, r in runs.items()}
+    cfg = replace(cfg, image_size=size)
+    if len(runs) > 1:
+        from stratad.export.io import atomic_write
+
+        text = json.dumps({"image_size": size, "node": run.result.node, "per_size": run.per_size}, indent=2)
+        atomic_write(out / "selected.json", lambda tmp: Path(tmp).write_text(text))
     final = FinalFit(final)
     if final is not FinalFit.none:
         from stratad.selection.split import selection_split
@@ -155,7 +177,7 @@ def select_to_folder(
         )
         with reporter.bar("final fit", len(images)) as advance:
             pipe.fit(images, advance)
-        run.model, run.n_final = out / "model.stratad", len(images)
+        run.model, run.n_final = out / "model.stratad", len(images)  # beside selected.json
         pipe.save(run.model)
     return run
 
