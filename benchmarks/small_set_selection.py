@@ -1,9 +1,10 @@
-"""Selection on a small training set: one D_T / D_V split against five averaged splits.
+"""Selection on a small training set: one D_T / D_V split, five averaged splits, and one split with
+four synthetic defects on each defect-bound validation image.
 
 The issue's case: with ~21 good images, D_V holds 2 good + 4 synthetic images, and the synthetic
 winner can rank far down on real defects. For each seed, --n-train MTD training images are drawn; a
 real-test sweep fitted on exactly those images ranks every node (ground truth), then `select_features`
-with --folds 1 and --folds 5 picks a node each; the JSON gives the real rank and P_h of both picks.
+picks a node per variant (`VARIANTS`); the JSON gives the real rank and P_h of each pick.
 The default pair is left out (`with_default=False`) so that only the node ranking is compared.
 
     .venv/bin/python benchmarks/small_set_selection.py --out benchmarks/results/small_set_selection.json
@@ -30,6 +31,10 @@ from stratad.selection.sweep import load_uint8_images, pooled_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 MTD = ROOT.parent / "shared" / "datasets" / "mtd"
+
+
+#: (name, D_T / D_V splits averaged, synthetic defects per defect-bound validation image)
+VARIANTS = [("f1", 1, 1), ("f5", 5, 1), ("f1_d4", 1, 4)]
 
 
 def main() -> None:
@@ -71,12 +76,13 @@ def main() -> None:
         canonical = {r.node: (r.same_as or r.node) for r in real}
         by_node = {r.node: r for r in real}
         row: dict[str, object] = {"seed": seed, "n_train": args.n_train, "n_nodes": len(ranked)}
-        for folds in (1, 5):
+        for name, folds, per_image in VARIANTS:
             result = select_features(
-                train, cfg, args.work / f"{args.kind}_f{folds}_s{seed}", defects=args.kind, folds=folds
-            )
+                train, cfg, args.work / f"{args.kind}_{name}_s{seed}", defects=args.kind, folds=folds,
+                defects_per_image=per_image,
+            )  # fmt: skip
             node = canonical[result.node]
-            row[f"folds_{folds}"] = {
+            row[name] = {
                 "selected": result.node,
                 "real_rank": ranked.index(node) + 1,
                 "real_p_h": by_node[node].value("p_h"),
@@ -87,11 +93,11 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     summary = {
-        f"folds_{f}": {
-            "mean_real_rank": statistics.fmean(r[f"folds_{f}"]["real_rank"] for r in rows),  # type: ignore[index]
-            "mean_real_p_h": statistics.fmean(r[f"folds_{f}"]["real_p_h"] for r in rows),  # type: ignore[index]
+        name: {
+            "mean_real_rank": statistics.fmean(r[name]["real_rank"] for r in rows),  # type: ignore[index]
+            "mean_real_p_h": statistics.fmean(r[name]["real_p_h"] for r in rows),  # type: ignore[index]
         }
-        for f in (1, 5)
+        for name, _, _ in VARIANTS
     }
     payload = {"kind": args.kind, "summary": summary, "per_seed": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -491,6 +491,9 @@ def select(
             "selected in out/size_<S>/ and the best synthetic score wins"
         ),
     ] = None,
+    defects_per_image: Annotated[
+        int, typer.Option(help="synthetic defects made on each defective validation image (small sets)")
+    ] = 1,
     report: Reporter = Reporter(),
 ) -> None:
     """Pick the best node for this application from synthetic defects (no real defect needed)."""
@@ -500,6 +503,7 @@ def select(
         source, cfg, out, defects=defects, criterion=criterion, top_k=top_k, final=final, rf=rf,
         category_type=category_type.value, folds=folds, halving=halving, reporter=report,
         sizes=[_int(v, "--sizes") for v in parse_list(sizes, "--sizes") or []] or None,
+        defects_per_image=defects_per_image,
     )  # fmt: skip
     print_top(run, f"top {top_k} nodes by synthetic {run.result.criterion} ({defects})")
     print_selection(run, out)
@@ -508,7 +512,8 @@ def select(
 def print_selection(run: Any, out: Path) -> None:
     """What ``select`` ranked on, the test against the default, the choice and the final model."""
     r, v = run.result, run.result.validation
-    folds, sizes = v["folds"], f"{v['good']} good + {v['defective']} synthetic validation images"
+    per = f", {v['defects_per_image']} per image" if v.get("defects_per_image", 1) > 1 else ""
+    folds, sizes = v["folds"], f"{v['good']} good + {v['defective']} synthetic validation images{per}"
     if folds > 1:
         console.print(f"ranked on {folds} splits of {sizes} each (fit on {v['fit']}), scores averaged")
     else:

@@ -391,3 +391,21 @@ def test_pairs_of_the_best_nodes_and_a_defect_mixture(tmp_path: Path) -> None:
     assert black == [True, False, True, False]  # simple defects are black, cutpaste ones are not
     with pytest.raises(Exception, match="twice"):
         build_validation_set(split, "simple,simple", 64, seed=0)
+
+
+def test_several_defects_per_validation_image(tmp_path: Path) -> None:
+    """Each defect-bound image carries K independent defects; the good images stay as they are."""
+    split = selection_split(load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train)
+    one = build_validation_set(split, "simple", 64, seed=0)
+    four = build_validation_set(split, "simple", 64, seed=0, per_image=4)
+    assert four.labels.tolist() == [0, 0] + [1] * 16
+    assert torch.equal(four.images[:2], one.images[:2])
+    masks = four.masks[2:6]  # the four defects of the first defect-bound image differ
+    assert len({m.tobytes() for m in masks}) == 4
+    with pytest.raises(StratadError, match="at least 1"):
+        build_validation_set(split, "simple", 64, seed=0, per_image=0)
+    train = load_dataset(make_mvtec(tmp_path / "b", n_train=20), "mvtec").train
+    result = select_features(train, _twin_sweep(), tmp_path / "sel", defects="simple", defects_per_image=3)
+    assert result.validation["defective"] == 12 and result.validation["defects_per_image"] == 3
+    stamp = json.loads((tmp_path / "sel" / "sweep.json").read_text())
+    assert stamp["defects_per_image"] == 3

@@ -92,13 +92,15 @@ def select_features(
     relative_rf: dict[str, float] | None = None,
     folds: int = 1,
     halving: bool = False,
+    defects_per_image: int = 1,
 ) -> SelectionResult:
     """Score every candidate node on synthetic defects and choose (see the module docstring). With
     ``folds`` > 1 the training set is split that many times (``out_dir/folds/<k>``, each resumable),
     each split with its own defects, and the scores are averaged into ``out_dir/nodes.csv``. Not the
     default: on 21 MTD images, 5 averaged splits picked worse nodes than one split
     (``benchmarks/small_set_selection.py``). ``halving``: successive halving over the nodes instead
-    of the exhaustive sweep (:mod:`stratad.selection.halving`); one split only."""
+    of the exhaustive sweep (:mod:`stratad.selection.halving`); one split only.
+    ``defects_per_image``: synthetic defects made on each defect-bound validation image."""
     check_criterion(cfg.detector, criterion)
     if folds < 1:
         raise StratadError(f"--folds must be at least 1, got {folds}")
@@ -115,10 +117,17 @@ def select_features(
         # The defects' sources are the D_T images just loaded (the same arrays a re-read would give).
         sources = [image.permute(1, 2, 0).numpy() for image in train_images]
         val = build_validation_set(
-            split, defects, cfg.image_size, cfg.seed + k, cfg.bit_depth, sources, **(defect_params or {})
-        )
+            split, defects, cfg.image_size, cfg.seed + k, cfg.bit_depth, sources, defects_per_image,
+            **(defect_params or {}),
+        )  # fmt: skip
         evaluation = EvalSet(val.images, val.labels, list(val.masks))
-        settings = {"defects": defects, "defect_params": dict(defect_params or {}), "split": split.describe()}
+        settings: dict[str, Any] = {
+            "defects": defects,
+            "defect_params": dict(defect_params or {}),
+            "split": split.describe(),
+        }
+        if defects_per_image > 1:  # (absent at 1: folders stamped before the option still resume)
+            settings["defects_per_image"] = defects_per_image
         fold_dir = out_dir if folds == 1 else out_dir / "folds" / str(k)
         column = CRITERION_COLUMN[Criterion(criterion)]
         if halving:
@@ -137,7 +146,8 @@ def select_features(
     result.validation = {
         "fit": len(first.fit),
         "good": len(first.val_good),
-        "defective": len(first.val_defect),
+        "defective": len(first.val_defect) * defects_per_image,
+        "defects_per_image": defects_per_image,
         "folds": folds,
         "halving": halving,
     }

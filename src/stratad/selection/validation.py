@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from stratad.data.io import read_image_resized, uint8_batch
+from stratad.errors import StratadError
 from stratad.selection.split import SelectionSplit
 
 
@@ -35,20 +36,26 @@ def build_validation_set(
     seed: int = 0,
     bit_depth: int | None = None,
     sources: Sequence[np.ndarray] | None = None,
+    per_image: int = 1,
     **defect_params: Any,
 ) -> ValidationSet:
     """Good D_V images unchanged; each defect-bound D_V image gets one synthetic defect whose
     source (for CutPaste / NSA) is a random D_T image (:func:`stratad.synth.make_defects`).
     ``kind`` may be a mixture (``simple,cutpaste,nsa``): the defect-bound images are dealt to the
     kinds in turn (image i gets kind i mod k), and each kind takes the options in ``defect_params``
-    it accepts. ``sources``: the D_T images already loaded at ``image_size`` (read here when None)."""
+    it accepts. ``sources``: the D_T images already loaded at ``image_size`` (read here when None).
+    ``per_image``: defects made on each defect-bound image (each its own draw), for small sets whose
+    few defective images would rank nodes on a handful of defects."""
     from stratad.synth import make_defects
     from stratad.synth.base import defect_kinds, params_for
 
     kinds = defect_kinds(kind)
+    if per_image < 1:
+        raise StratadError(f"--defects-per-image must be at least 1, got {per_image}")
     rng = np.random.default_rng(seed)
     good = [read_image_resized(r.path, image_size, bit_depth) for r in split.val_good]
-    targets = [read_image_resized(r.path, image_size, bit_depth) for r in split.val_defect]
+    once = [read_image_resized(r.path, image_size, bit_depth) for r in split.val_defect]
+    targets = [image for image in once for _ in range(per_image)]  # the same array, per_image times
     if sources is None:
         sources = _LazyImages([r.path for r in split.fit], image_size, bit_depth)
     if len(kinds) == 1:

@@ -92,6 +92,7 @@ def select_to_folder(
     folds: int = 1,
     halving: bool = False,
     sizes: Sequence[int] | None = None,
+    defects_per_image: int = 1,
     reporter: Reporter | None = None,
 ) -> SweepRun:
     """Pick the best node of ``cfg`` from synthetic ``defects`` on the good training images of
@@ -101,7 +102,8 @@ def select_to_folder(
     ``category_type`` (object, texture, or auto: detected from the images) picks NSA's settings.
     ``halving``: successive halving instead of the exhaustive sweep (one split). ``sizes``: select
     at each input size (``out/size_<S>/``, the default pair a candidate at each) and keep the size
-    whose choice scores best on the synthetic set (the first size on ties)."""
+    whose choice scores best on the synthetic set (the first size on ties). ``defects_per_image``:
+    synthetic defects made on each defect-bound validation image."""
     from stratad.pipeline import Pipeline
     from stratad.selection import select_features
     from stratad.selection.select import check_criterion
@@ -147,6 +149,7 @@ def select_to_folder(
                 relative_rf,
                 folds,
                 halving,
+                defects_per_image,
             )
         runs[size] = SweepRun(result, where, len(split.train), image_size=size)
     size = max(runs, key=lambda s: runs[s].result.value)  # max() keeps the first of equals
