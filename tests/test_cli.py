@@ -199,10 +199,16 @@ def test_select_among_sizes_with_pairs_and_a_defect_mixture(tmp_path: Path) -> N
     sel = run(
         "select", "--data", str(data), "--defects", "simple,cutpaste", "--out", str(tmp_path / "sel"),
         "--sizes", "64,80", "--pairs", "2", "--nodes", "blocks.1,blocks.2,blocks.3", "-p", "coreset_size=40",
-        "--final", "none", "--no-progress",
+        "--final", "all", "--no-progress",
     )  # fmt: skip
     assert sel.returncode == 0, sel.stderr
     top = json.loads((tmp_path / "sel" / "selected.json").read_text())
+    from stratad.pipeline import Pipeline
+    from stratad.selection.config import candidate_nodes
+
+    model = Pipeline.load(tmp_path / "sel" / "model.stratad")  # the chosen size's node, at that size
+    assert model.config.image_size == top["image_size"]
+    assert model.config.nodes == candidate_nodes(top["node"])
     assert set(top["per_size"]) == {"64", "80"} and top["image_size"] in (64, 80)
     best = max(top["per_size"].values(), key=lambda c: c["value"])
     assert top["node"] == best["node"] and "per size: 64 px" in sel.stderr
@@ -212,5 +218,10 @@ def test_select_among_sizes_with_pairs_and_a_defect_mixture(tmp_path: Path) -> N
         assert len(names) == 3 + 1 + 1  # three nodes, the default pair, one pair of the two best
         stamp = json.loads((tmp_path / "sel" / f"size_{size}" / "sweep.json").read_text())
         assert stamp["defects"] == "simple,cutpaste" and stamp["image_size"] == size
+    once = run(
+        "select", "--data", str(data), "--out", str(tmp_path / "once"), "--sizes", "64,64", "--nodes",
+        "blocks.2", "--final", "none", "--no-progress", "--no-default",
+    )  # fmt: skip
+    assert once.returncode == 0 and (tmp_path / "once" / "nodes.csv").is_file()  # one size: no size_64/
     bad = run("select", "--data", str(data), "--out", str(tmp_path / "bad"), "--sizes", "64,x")
     assert bad.returncode == 1 and error_line(bad) == "error: --sizes takes whole numbers, got 'x'"

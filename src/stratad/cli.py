@@ -512,7 +512,7 @@ def select(
 def print_selection(run: Any, out: Path) -> None:
     """What ``select`` ranked on, the test against the default, the choice and the final model."""
     r, v = run.result, run.result.validation
-    per = f", {v['defects_per_image']} per image" if v.get("defects_per_image", 1) > 1 else ""
+    per = f", {v['defects_per_image']} defects each" if v.get("defects_per_image", 1) > 1 else ""
     folds, sizes = v["folds"], f"{v['good']} good + {v['defective']} synthetic validation images{per}"
     if folds > 1:
         console.print(f"ranked on {folds} splits of {sizes} each (fit on {v['fit']}), scores averaged")

@@ -446,10 +446,10 @@ class Pipeline:
     def save(self, path: PathLike) -> None:
         if not self.fitted_:
             raise StratadError("refusing to save an unfitted pipeline")
+        traced = self._trace()  # first: building the extractor may resolve the configured nodes
         config = asdict(self.config)
         config["detector_params"] = config_to_dict(self.detector.config)
         state = {f"detector.{k}": v for k, v in self.detector.state_dict().items()}
-        traced = self._trace()
         if traced is not None:
             state[TRACED_KEY] = traced
         save_tensors(path, state, {"kind": "pipeline", "config": config})
@@ -458,6 +458,9 @@ class Pipeline:
         """The extractor as a TorchScript archive for the file (CPU models without patch features)."""
         if self.config.device != "cpu" or self.config.patch_size:
             return None
+        scoring = self._scoring_extractor()
+        if scoring is self._traced:  # a loaded model whose trace still fits: saved as it came
+            return scoring.archive
         from stratad.backbones.traced import trace_extractor
 
         return trace_extractor(self.extractor, self.config.nodes, self.config.image_size)

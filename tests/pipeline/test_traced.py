@@ -164,3 +164,15 @@ def test_the_command_exits_fast_with_its_output_and_status(
     )
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [f"error: model file not found: {tmp_path / 'no.stratad'}"]
+
+
+def test_a_loaded_model_saves_its_trace_again_without_the_backbone(
+    saved: tuple[Pipeline, Path], tmp_path: Path
+) -> None:
+    _, path = saved
+    loaded = Pipeline.load(path)
+    loaded.save(tmp_path / "again.stratad")
+    assert loaded._backbone is None and loaded._extractor is None  # timm never built
+    first, _ = load_tensors(path)
+    second, _ = load_tensors(tmp_path / "again.stratad")
+    assert torch.equal(first[TRACED_KEY], second[TRACED_KEY])

@@ -108,6 +108,9 @@ def test_groups_by_block_and_layer_type_and_the_rf_sampler() -> None:
     assert groups["layer_type"] == {"add": pytest.approx(0.4), "bn": pytest.approx(0.4)}
     rf = {"a": 0.1, "b": 0.2, "c": 0.5, "d": 0.55, "e": 0.9, "f": 1.0}
     assert rf_sampler(rf, 4) == ["a", "c", "d", "f"]
+    # a twin (an identity node) has its input's field: only the first of them is a candidate
+    assert rf_sampler({"a": 0.1, "a.aa": 0.1, "c": 0.5, "f": 1.0}, 3) == ["a", "c", "f"]
+    assert rf_sampler({"a": 0.1, "a.aa": 0.1, "b": 0.3, "f": 1.0}, 3) == ["a", "b", "f"]
     assert rf_sampler({"a": 0.1, "b": 0.3}, 4) == ["a", "b"]
 
 
@@ -115,9 +118,19 @@ def test_load_sweep_rows_and_plots(tmp_path: Path) -> None:
     folder = tmp_path / "sweep"
     folder.mkdir()
     (folder / "sweep.json").write_text(json.dumps({"label": "mtd", "backbone": "net", "image_size": 256}))
-    (folder / "nodes.csv").write_text("node,relative_rf,p_h\nb.x,0.1,0.7\nb.y,0.4,\nb.z,0.8,0.9\n")
+    (folder / "nodes.csv").write_text(
+        "node,relative_rf,p_h,same_as\nb.x,0.1,0.7,\nb.y,0.4,,\nb.z,0.8,0.9,\nb.zz,0.8,0.9,b.z\n"
+    )
     rows = load_sweep_rows([folder])
-    assert [r["node"] for r in rows] == ["b.x", "b.z"]
+    assert [r["node"] for r in rows] == ["b.x", "b.z"]  # no value, and a twin, are left out
     assert rows[0]["category"] == "mtd"
     assert performance_vs_receptive_field(rows, tmp_path / "rf.png").stat().st_size > 1000
     assert best_node_histogram(best_node_counts(rows), tmp_path / "best.png").stat().st_size > 1000
+
+
+def test_an_oracle_that_no_node_can_fill_says_so() -> None:
+    from stratad.errors import StratadError
+
+    rows = [row("A", "net", 256, "b.x", 0.9), row("B", "net", 256, "b.y", 0.8)]  # a partial study
+    with pytest.raises(StratadError, match="no \\(backbone, node\\) was evaluated on every category"):
+        best_node(rows)

@@ -252,6 +252,17 @@ def test_an_exact_sweep_scores_every_node_at_its_own_resolution_in_float32() -> 
     assert exact.shape == (2, 4, 64, 48) and exact.dtype == torch.float32 and torch.equal(exact, x)
     fast = cached_features(SweepConfig(max_grid=16))(x)
     assert fast.shape == (2, 4, 16, 16) and fast.dtype == torch.float16
+    # the stamp says what is cached: exact folders made when --exact still pooled do not resume
+    from stratad.backbones import build_backbone
+    from stratad.selection.sweep import EvalSet, sweep_stamp
+
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    evaluation = EvalSet(images, np.array([0, 1]), [np.zeros((32, 32), bool)] * 2)
+    backbone = build_backbone("twin_test", weights="random")
+    assert (
+        sweep_stamp(SweepConfig(exact=True, max_grid=16), images, evaluation, backbone, {})["max_grid"] == 0
+    )
+    assert sweep_stamp(SweepConfig(max_grid=16), images, evaluation, backbone, {})["max_grid"] == 16
 
 
 def test_the_default_is_replaced_only_by_a_clear_winner(tmp_path: Path) -> None:
@@ -327,6 +338,12 @@ def test_halving_ends_with_the_exhaustive_rows_of_the_promoted_nodes_and_the_def
     for row in last:
         assert (row.image_auroc, row.p_h) == (full[row.node].image_auroc, full[row.node].p_h)
     assert halved.validation["halving"] is True
+    with open(tmp_path / "halved" / "nodes.csv", newline="") as handle:  # the last round, at the top
+        assert [r["node"] for r in csv.DictReader(handle)] == [r.node for r in last]
+    with pytest.raises(StratadError, match="holds a --halving selection"):
+        select_features(train, cfg, tmp_path / "halved", defects="simple")
+    with pytest.raises(StratadError, match="holds an exhaustive selection"):
+        select_features(train, cfg, tmp_path / "all", defects="simple", halving=True)
     with pytest.raises(StratadError, match="one split"):
         select_features(train, cfg, tmp_path / "x", defects="simple", halving=True, folds=2)
     # A round's data: seeded subsets, the pixel images renumbered with their masks.
@@ -391,6 +408,8 @@ def test_pairs_of_the_best_nodes_and_a_defect_mixture(tmp_path: Path) -> None:
     assert black == [True, False, True, False]  # simple defects are black, cutpaste ones are not
     with pytest.raises(Exception, match="twice"):
         build_validation_set(split, "simple,simple", 64, seed=0)
+    with pytest.raises(StratadError, match="takes the option 'category_typo'"):
+        build_validation_set(split, "simple,nsa", 64, seed=0, category_typo="texture")
 
 
 def test_several_defects_per_validation_image(tmp_path: Path) -> None:
@@ -406,6 +425,7 @@ def test_several_defects_per_validation_image(tmp_path: Path) -> None:
         build_validation_set(split, "simple", 64, seed=0, per_image=0)
     train = load_dataset(make_mvtec(tmp_path / "b", n_train=20), "mvtec").train
     result = select_features(train, _twin_sweep(), tmp_path / "sel", defects="simple", defects_per_image=3)
-    assert result.validation["defective"] == 12 and result.validation["defects_per_image"] == 3
+    # 4 defect-bound images carry the 12 defects: the size checks count images
+    assert result.validation["defective"] == 4 and result.validation["defects_per_image"] == 3
     stamp = json.loads((tmp_path / "sel" / "sweep.json").read_text())
     assert stamp["defects_per_image"] == 3

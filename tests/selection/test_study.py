@@ -120,10 +120,18 @@ def test_rf4_samples_four_nodes_evenly_spaced_in_receptive_field(tmp_path: Path)
 
     root = _root(tmp_path)
     cfg = _cfg(root)
-    cfg.nodes, cfg.sizes, cfg.categories, cfg.chunk_nodes = ["rf4"], [64], ["alpha"], 8
-    (task,) = plan_study(cfg)
+    cfg.nodes, cfg.sizes, cfg.categories, cfg.chunk_nodes = ["rf4"], [64, 96, 128], ["alpha"], 8
+    tasks = plan_study(cfg)
+    assert [len(t.nodes) for t in tasks] == [4, 4, 4]  # each size its own sample, none carried over
+    task = tasks[0]
     rf = relative_receptive_field(
         build_backbone("efficientnet_lite0", weights="random"), list(task.nodes), image_size=64
     )
     values = [rf[n] for n in task.nodes]
     assert len(task.nodes) == 4 and values == sorted(values) and values[0] < values[-1]
+
+
+def test_bad_workers_fail_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(StratadError, match="workers must be >= 0"):
+        run_study(_cfg(_root(tmp_path)), tmp_path / "s", workers=-1)
+    assert not (tmp_path / "s").exists()

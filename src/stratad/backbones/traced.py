@@ -30,10 +30,14 @@ class TracedExtractor:
     under ``torch.inference_mode``, with graph optimisations off (the archive runs op by op, as the
     extractor it was traced from)."""
 
-    def __init__(self, module: torch.jit.ScriptModule, nodes: Sequence[str], image_size: int) -> None:
+    def __init__(
+        self, module: torch.jit.ScriptModule, nodes: Sequence[str], image_size: int, archive: torch.Tensor
+    ) -> None:
         self.module = module
         self.nodes = list(nodes)
         self.image_size = image_size
+        #: the archive it was loaded from (saved again as it is)
+        self.archive = archive
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode(), torch.jit.optimized_execution(False):
@@ -54,7 +58,8 @@ def trace_extractor(extractor: torch.nn.Module, nodes: Sequence[str], image_size
             buffer = io.BytesIO()
             torch.jit.save(traced, buffer)
         data = buffer.getvalue()
-        loaded = load_traced(torch.frombuffer(bytearray(data), dtype=torch.uint8), nodes, image_size)
+        archive = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        loaded = load_traced(archive, nodes, image_size)
         if loaded is None:
             return None
         expected = extractor(probe)
@@ -65,16 +70,19 @@ def trace_extractor(extractor: torch.nn.Module, nodes: Sequence[str], image_size
         torch.set_num_threads(threads)
     if list(got) != list(expected) or not all(torch.equal(got[n], expected[n]) for n in expected):
         return None
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return archive
 
 
 def load_traced(data: torch.Tensor, nodes: Sequence[str], image_size: int) -> TracedExtractor | None:
     """The extractor in ``data`` (from :func:`trace_extractor`), on the CPU; None when this torch
-    cannot read it (an archive from a newer torch): the caller then builds the backbone."""
+    cannot read or run it (an archive from another torch version): the caller then builds the
+    backbone. It is run once on a blank image to find out."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
             module = torch.jit.load(io.BytesIO(data.numpy().tobytes()), map_location="cpu")
-    except Exception:
+        traced = TracedExtractor(module.eval(), nodes, image_size, data)
+        out = traced(torch.full((1, 3, image_size, image_size), 0.5))
+    except Exception:  # unreadable or unrunnable here: fall back to building the backbone
         return None
-    return TracedExtractor(module.eval(), nodes, image_size)
+    return traced if set(out) == set(nodes) else None

@@ -59,9 +59,12 @@ def confirm_against_default(
     criterion: Criterion | str = Criterion.p_h,
     resamples: int = RESAMPLES,
     level: float = LEVEL,
+    per_image: int = 1,
 ) -> Confirmation:
     """Paired bootstrap of ``challenger`` against ``default`` on ``evaluation`` (the synthetic
-    validation set), both fitted on ``train_images`` exactly as the sweep fits them."""
+    validation set), both fitted on ``train_images`` exactly as the sweep fits them. With
+    ``per_image`` defects on each defect-bound image (consecutive in the set), the images are
+    resampled, each with all its defects: they are not independent samples."""
     from stratad.selection.sweep import effective_pixel_stride, predict_candidates
 
     crit = Criterion(criterion)
@@ -73,9 +76,13 @@ def confirm_against_default(
         raise ValueError("the confirmation needs a mask for every validation image")
     rng = np.random.default_rng(cfg.seed)
     good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    draws = [
-        np.concatenate([rng.choice(good, good.size), rng.choice(bad, bad.size)]) for _ in range(resamples)
-    ]
+    groups = bad.reshape(-1, per_image)  # the defects of one image, together
+
+    def draw() -> np.ndarray:  # good images first, then defective ones (the order of the draws)
+        goods = rng.choice(good, good.size)
+        return np.concatenate([goods, groups[rng.choice(len(groups), len(groups))].ravel()])
+
+    draws = [draw() for _ in range(resamples)]
 
     def challenger_wins(idx: np.ndarray) -> bool:
         values = []

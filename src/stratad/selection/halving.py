@@ -14,6 +14,8 @@ promoted node and the default, at the full budget, exactly as the exhaustive swe
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -112,6 +114,8 @@ def halving_sweep(
     from stratad.detectors import detector_class
     from stratad.selection.sweep import run_sweep
 
+    if (out_dir / "sweep.json").is_file():
+        raise StratadError(f"{out_dir} holds an exhaustive selection; use another --out folder for --halving")
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
     candidates = resolve_nodes(backbone, cfg.nodes)
     if detector_class(cfg.detector).localizes:  # nodes without a map cannot localise
@@ -142,4 +146,7 @@ def halving_sweep(
         )  # stable: ties keep graph order
         keep = {r.node for r in ranked[: math.ceil(len(ranked) / eta)]}  # a third of the distinct nodes
         candidates = [n for n in candidates if n in keep]
+    # The last round's table where a selection folder has it (rounds/<r>/ keep every round).
+    shutil.copyfile(folder / "nodes.csv", out_dir / "nodes.csv.tmp")
+    os.replace(out_dir / "nodes.csv.tmp", out_dir / "nodes.csv")
     return rows

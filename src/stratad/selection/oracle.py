@@ -83,6 +83,13 @@ def best_node(rows: Sequence[Row], metric: str = "p_h") -> tuple[tuple[str, str]
         for key, rs in _group(base, ["backbone", "node"]).items()
         if len(rs) == n_categories  # a node must be evaluated on every category to be chosen
     }
+    if not scores:
+        from stratad.errors import StratadError
+
+        raise StratadError(
+            f"no (backbone, node) was evaluated on every category at {base_size(rows)} px; "
+            "analyze a finished study (or sweeps of the same nodes)"
+        )
     best = max(scores, key=lambda k: scores[k])
     return best, scores[best]
 
@@ -201,10 +208,15 @@ def group_means(rows: Sequence[Row], metric: str = "p_h") -> dict[str, dict[str,
 def rf_sampler(relative_rf: dict[str, float], count: int = 4) -> list[str]:
     """``count`` nodes evenly spaced in relative receptive field (the study's sampling of a backbone's
     layers): for targets spread evenly from the smallest to the largest field, the node nearest each,
-    distinct, in the given (graph) order."""
+    distinct, in the given (graph) order. Of nodes with the very same field (an identity node and its
+    input) only the first is a candidate."""
     if count < 1:
         raise ValueError("count must be at least 1")
-    nodes = [n for n, v in relative_rf.items() if v is not None and not math.isnan(v)]
+    nodes, seen = [], set()
+    for n, v in relative_rf.items():  # one node per field: twins (identity nodes) share their input's
+        if v is not None and not math.isnan(v) and v not in seen:
+            nodes.append(n)
+            seen.add(v)
     if len(nodes) <= count:
         return nodes
     low, high = min(relative_rf[n] for n in nodes), max(relative_rf[n] for n in nodes)
@@ -237,8 +249,9 @@ def load_sweep_rows(folders: Sequence[Path], metric: str = "p_h") -> list[Row]:
         info = json.loads(stamp.read_text())
         with open(nodes_csv, newline="") as handle:
             for r in csv.DictReader(handle):
-                # Node combinations (the default pair a sweep adds) are no node of the study.
-                if r.get(metric) in (None, "") or COMBINATION_SEPARATOR in r["node"]:
+                # Node combinations (the default pair a sweep adds) are no node of the study, and a
+                # twin (a node whose output equals an earlier one's) would count that node twice.
+                if r.get(metric) in (None, "") or COMBINATION_SEPARATOR in r["node"] or r.get("same_as"):
                     continue
                 rows.append(
                     {

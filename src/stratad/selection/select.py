@@ -108,6 +108,8 @@ def select_features(
         raise StratadError("--halving ranks on one split: use it with --folds 1")
     if cfg.pairs and folds > 1:  # each split would pair other nodes: their averages would not compare
         raise StratadError("--pairs ranks on one split: use it with --folds 1")
+    if not halving and (out_dir / "rounds").is_dir():
+        raise StratadError(f"{out_dir} holds a --halving selection; use another --out folder")
     first = selection_split(train, seed=cfg.seed)
     _check_folds(out_dir, folds)
     fold_rows, kept = [], None
@@ -146,7 +148,7 @@ def select_features(
     result.validation = {
         "fit": len(first.fit),
         "good": len(first.val_good),
-        "defective": len(first.val_defect) * defects_per_image,
+        "defective": len(first.val_defect),
         "defects_per_image": defects_per_image,
         "folds": folds,
         "halving": halving,
@@ -251,7 +253,10 @@ def _confirm_default(
         result.node = default
         result.value = rows[default].value(CRITERION_COLUMN[Criterion(result.criterion)])
         return
-    outcome = confirm_against_default(cfg, train_images, evaluation, result.node, default, result.criterion)
+    outcome = confirm_against_default(
+        cfg, train_images, evaluation, result.node, default, result.criterion,
+        per_image=v.get("defects_per_image", 1),
+    )  # fmt: skip
     result.confirmation = asdict(outcome)
     if outcome.chosen == default:
         result.node = default

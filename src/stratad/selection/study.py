@@ -108,9 +108,8 @@ def plan_study(cfg: StudyConfig) -> list[StudyTask]:
         nodes = resolve_nodes(backbone, requested) if requested else []
         for size in cfg.sizes:
             infos = {i.name: i for i in list_nodes(backbone, image_size=size) if i.height > 0}
-            if RF_SAMPLE in cfg.nodes:
-                nodes = [*nodes, *(n for n in rf_sample(backbone, size, list(infos)) if n not in nodes)]
-            chosen = [n for n in infos if n in nodes]  # graph order
+            sampled = rf_sample(backbone, size, list(infos)) if RF_SAMPLE in cfg.nodes else []
+            chosen = [n for n in infos if n in nodes or n in sampled]  # graph order, this size's own
             chunks = [chosen[i : i + cfg.chunk_nodes] for i in range(0, len(chosen), cfg.chunk_nodes)]
             for category in categories:
                 for k, chunk in enumerate(chunks):
@@ -155,12 +154,21 @@ def task_memory_bytes(feature_bytes: int) -> int:
 def run_task(task: StudyTask, cfg: StudyConfig, out: Path) -> list[dict[str, Any]]:
     """Sweep one task's nodes on its category's real test split (one thread); its rows, tagged."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from stratad.data.datasets import DataSource
     from stratad.selection.select import real_test_set
     from stratad.selection.sweep import run_sweep
 
+    # One thread for torch, BLAS and faiss alike, in a local process as in a Ray worker.
     torch.set_num_threads(1)
+    threadpool_limits(1)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
     split = DataSource(root=cfg.root, category=task.category).load()
     sweep = replace(
         cfg.sweep,
@@ -226,7 +234,9 @@ def _check_study_folder(out: Path, cfg: StudyConfig) -> None:
         try:
             previous = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise StratadError(f"{path} is damaged; use another --out folder or delete it") from None
+            previous = None
+        if not isinstance(previous, dict):
+            raise StratadError(f"{path} is damaged; use another --out folder or delete it")
         differ = sorted(k for k in set(stamp) | set(previous) if stamp.get(k) != previous.get(k))
         if differ:
             raise StratadError(
@@ -252,10 +262,11 @@ def run_study(
     ``ray_address``: None for local processes (``workers``, 0 = one per core), ``"local"`` for a Ray
     instance started on this machine, or the address of a running cluster (``ray start --head``).
     """
-    from stratad.selection.sweep import check_sweep_config
+    from stratad.selection.sweep import check_sweep_config, resolve_workers
 
     out = Path(out)
     check_sweep_config(replace(cfg.sweep, nodes=["all"]))
+    resolve_workers(workers)
     tasks = plan_study(cfg)
     if not tasks:
         raise StratadError("the study grid is empty: no node with a spatial output was requested")
@@ -283,10 +294,12 @@ def _run_in_processes(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    count = workers or max(1, min(4, os.cpu_count() or 1))
+    from stratad.selection.sweep import resolve_workers
+
     # Fresh interpreters, as Ray's workers are: nothing inherited from the driver changes a result.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(count, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(resolve_workers(workers), mp_context=context)
+    try:
         futures = {pool.submit(run_task, task, cfg, out): i for i, task in enumerate(tasks)}
         for future in as_completed(futures):
             index = futures[future]
@@ -295,6 +308,8 @@ def _run_in_processes(
             except Exception as exc:
                 raise _task_failed(tasks[index], exc) from None
             finished(index, rows)
+    finally:  # on a failure (or Ctrl-C) the queued tasks are dropped, not run first
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_on_ray(
@@ -311,6 +326,13 @@ def _run_on_ray(
         else:
             ray.init(address=address, log_to_driver=False)
     try:
+        largest = max(task.memory_bytes for task in tasks)
+        per_node = [n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")]
+        if per_node and largest > max(per_node):  # Ray would wait for such a machine forever
+            raise StratadError(
+                f"a study task needs {largest / 2**30:.1f} GB and the largest Ray machine offers "
+                f"{max(per_node) / 2**30:.1f} GB; use a smaller --chunk-nodes or --max-grid"
+            )
         remote = ray.remote(run_task)
         pending = {
             remote.options(num_cpus=1, memory=task.memory_bytes).remote(task, cfg, out): i
@@ -324,6 +346,8 @@ def _run_on_ray(
                     rows = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the task's own exception, with Ray's trace
                     raise _task_failed(tasks[index], exc.cause or exc) from None
+                except ray.exceptions.RayError as exc:  # a crashed worker, out of memory, a lost object
+                    raise _task_failed(tasks[index], exc) from None
                 finished(index, rows)
     finally:
         if started_here:
@@ -344,6 +368,6 @@ def read_study_rows(path: Path, metric: str = "p_h") -> list[dict[str, Any]]:
         rows = [
             {**r, "image_size": int(r["image_size"])}
             for r in csv.DictReader(handle)
-            if r.get(metric) not in (None, "") and not math.isnan(float(r[metric]))
+            if r.get(metric) not in (None, "") and not math.isnan(float(r[metric])) and not r.get("same_as")
         ]
     return rows

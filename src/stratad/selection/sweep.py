@@ -388,8 +388,8 @@ def run_sweep(
                     label = f"features of {images_done}/{n_images} images{part}"
                     progress(label, done_before, n_candidates)
 
-            extra = [n for n in combination_nodes if n not in chunk] if ride_along else []
-            wanted = [n for n in infos if n in chunk or n in extra]  # graph order
+            riders = [n for n in combination_nodes if n not in chunk] if ride_along else []
+            wanted = [n for n in infos if n in chunk or n in riders]  # graph order
             feats = _extract_chunk(backbone, wanted, cfg, train_images, evaluation, extracting)
             context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             aliases = _identical_nodes(chunk, context.train, context.test)
@@ -600,6 +600,8 @@ def sweep_stamp(
         "with_default": None,
         "pairs": None,
         "pixel_stride": effective_pixel_stride(cfg),
+        # --exact ignores --max-grid: every node at its own resolution (0), in float32
+        "max_grid": cached_features(cfg).max_grid,
         "fit_params": sweep_detector_params(cfg),
         "weights_sha256": tensors_digest(backbone.model.state_dict()),
         "n_train": len(train_images),

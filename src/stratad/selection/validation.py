@@ -61,6 +61,9 @@ def build_validation_set(
     if len(kinds) == 1:
         made = make_defects(targets, range(len(targets)), kinds[0], rng, sources, **defect_params)
     else:
+        unused = set(defect_params) - {k for name in kinds for k in params_for(name, defect_params)}
+        if unused:
+            raise StratadError(f"no defect kind of {kind!r} takes the option {sorted(unused)[0]!r}")
         dealt: dict[int, Any] = {}
         for k, name in enumerate(kinds):
             mine = list(range(k, len(targets), len(kinds)))

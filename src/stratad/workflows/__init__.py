@@ -61,7 +61,6 @@ _WHERE = {
             "receptive_field_report",
             "select_to_folder",
             "study_to_folder",
-            "study_to_folder",
             "sweep_to_folder",
         ],
         "study",

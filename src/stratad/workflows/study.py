@@ -118,6 +118,12 @@ def select_to_folder(
     if folds < 1:
         raise StratadError(f"--folds must be at least 1, got {folds}")
     check_sweep_setup(cfg)
+    chosen_sizes = list(dict.fromkeys(sizes or [cfg.image_size]))
+    bad = [s for s in chosen_sizes if s < 32]
+    if bad:
+        raise StratadError(f"--sizes must be at least 32 pixels, got {bad[0]}")
+    if defects_per_image < 1:
+        raise StratadError(f"--defects-per-image must be at least 1, got {defects_per_image}")
     split = source.load()
     _fix_bit_depth(cfg, split.train)
     defect_params: dict[str, Any] = {}
@@ -128,15 +134,14 @@ def select_to_folder(
             f"NSA settings for {'a texture' if kind == 'texture' else 'an object'}"
             f"{' (detected)' if category_type == 'auto' else ''}"
         )
-    bad = [s for s in sizes or [] if s < 32]
-    if bad:
-        raise StratadError(f"--sizes must be at least 32 pixels, got {bad[0]}")
     runs: dict[int, SweepRun] = {}
-    for size in list(dict.fromkeys(sizes or [cfg.image_size])):
+    for size in chosen_sizes:
         sized = replace(cfg, image_size=size)
-        where = out if not sizes or len(sizes) == 1 else out / f"size_{size}"
+        where = out if len(chosen_sizes) == 1 else out / f"size_{size}"
         relative_rf = _relative_rf(sized, rf, reporter)
-        with reporter.count(f"scoring nodes at {size} px" if sizes else "scoring nodes") as update:
+        with reporter.count(
+            f"scoring nodes at {size} px" if len(chosen_sizes) > 1 else "scoring nodes"
+        ) as update:
             result = select_features(
                 split.train,
                 sized,
@@ -168,7 +173,7 @@ def select_to_folder(
         images = split.train if final is FinalFit.all else selection_split(split.train, seed=cfg.seed).fit
         pipe = Pipeline(
             backbone=cfg.backbone,
-            nodes=candidate_nodes(result.node),
+            nodes=candidate_nodes(run.result.node),
             detector=cfg.detector,
             image_size=cfg.image_size,
             weights=cfg.weights,
