@@ -26,6 +26,7 @@ CONFIGS: dict[str, list[dict[str, object]]] = {
     "dn2": [{}],
     "spade": [{"image_neighbours": 4, "combine": "sum"}, {"image_neighbours": 4, "combine": "concat"}],
     "gde": [{}],
+    "simplenet": [{"epochs": 40, "hidden": 32, "batch_size": 8}],
 }
 CASES = [(name, params) for name in list_detectors() for params in CONFIGS.get(name, [{}])]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items()) or 'default'}" for name, params in CASES]

@@ -102,6 +102,24 @@ def _pool_channels(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.einsum("nchw,cd->ndhw", x, matrix)
 
 
+def embed_patches(
+    features: dict[str, torch.Tensor], nodes: Sequence[str], patch_size: int, node_dim: int, target_dim: int
+) -> torch.Tensor:
+    """PatchCore's patch embedding (:func:`stratad.features.patch.patch_embedding`) in exportable
+    operations: 3 x 3 average, bilinear resize to the first node's grid, channel pooling as matrices."""
+    first = features[nodes[0]]
+    grid = (int(first.shape[-2]), int(first.shape[-1]))
+    pad = patch_size // 2
+    parts = []
+    for node in nodes:
+        x = features[node].float()
+        if patch_size > 1:
+            x = F.avg_pool2d(x, patch_size, stride=1, padding=pad, count_include_pad=True)
+        parts.append(_pool_channels(_resized(x, grid, "bilinear"), node_dim))
+    joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    return _pool_channels(joined, target_dim)
+
+
 class PatchCoreModule(DetectorModule):
     """Patch embedding of the nodes, nearest memory-bank distance per patch, max as image score."""
 
@@ -121,17 +139,7 @@ class PatchCoreModule(DetectorModule):
         self.nearest = NearestDistance(memory_bank, k=1)
 
     def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        first = features[self.nodes[0]]
-        grid = (int(first.shape[-2]), int(first.shape[-1]))
-        pad = self.patch_size // 2
-        parts = []
-        for node in self.nodes:
-            x = features[node].float()
-            if self.patch_size > 1:
-                x = F.avg_pool2d(x, self.patch_size, stride=1, padding=pad, count_include_pad=True)
-            parts.append(_pool_channels(_resized(x, grid, "bilinear"), self.node_dim))
-        joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return _pool_channels(joined, self.target_dim)
+        return embed_patches(features, self.nodes, self.patch_size, self.node_dim, self.target_dim)
 
     def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.reweight_neighbours:
@@ -330,3 +338,32 @@ class GdeModule(DetectorModule):
         z = (emb.permute(0, 2, 3, 1).reshape(-1, c) - self.mean) @ self.whitener
         dist = z.square().sum(1).sqrt().reshape(n, h, w)
         return dist.flatten(1).amax(dim=1), dist
+
+
+class SimpleNetModule(DetectorModule):
+    """Patch embedding, the feature adaptor and the discriminator; ``-d`` per patch, max per image."""
+
+    def __init__(
+        self,
+        detector: object,
+        nodes: Sequence[str],
+        adaptor: nn.Module,
+        discriminator: nn.Module,
+        patch_size: int,
+        node_dim: int,
+        target_dim: int,
+    ) -> None:
+        import copy
+
+        super().__init__(detector, nodes)
+        self.patch_size, self.node_dim, self.target_dim = patch_size, node_dim, target_dim
+        # Copies in eval mode, frozen: the module holds its own state.
+        self.adaptor = copy.deepcopy(adaptor).eval().requires_grad_(False)
+        self.discriminator = copy.deepcopy(discriminator).eval().requires_grad_(False)
+
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        emb = embed_patches(features, self.nodes, self.patch_size, self.node_dim, self.target_dim)
+        n, d, h, w = emb.shape
+        patches = emb.permute(0, 2, 3, 1).reshape(-1, d)
+        maps = -self.discriminator(self.adaptor(patches)).reshape(n, h, w)
+        return maps.flatten(1).amax(dim=1), maps

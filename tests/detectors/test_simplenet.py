@@ -1,0 +1,64 @@
+"""SimpleNet: the official architecture and settings, seeded training, and the pipeline round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stratad.data import load_dataset
+from stratad.detectors import build_detector
+from stratad.detectors.simplenet import SimpleNetConfig
+from stratad.features import FeatureBatch
+from stratad.pipeline import Pipeline
+
+
+def _features(n: int, seed: int) -> FeatureBatch:
+    g = torch.Generator().manual_seed(seed)
+    return FeatureBatch({"a": 0.1 * torch.randn(n, 6, 8, 8, generator=g)}, (64, 64))
+
+
+def test_the_official_settings_and_layers() -> None:
+    c = SimpleNetConfig()
+    assert (c.epochs, c.batch_size, c.noise_std, c.margin, c.hidden) == (160, 8, 0.015, 0.5, 1024)
+    assert (c.adaptor_lr, c.discriminator_lr, c.weight_decay) == (1e-4, 2e-4, 1e-5)
+    assert (c.patch_size, c.node_dim, c.target_dim) == (3, 1536, 1536)
+    det = build_detector("simplenet", epochs=1).fit(_features(4, 0))
+    assert det.adaptor_ is not None and det.discriminator_ is not None
+    assert tuple(det.adaptor_.weight.shape) == (6, 6)
+    layers = [type(m).__name__ for m in det.discriminator_.body]
+    assert (
+        layers == ["Linear", "BatchNorm1d", "LeakyReLU"] and det.discriminator_.body[2].negative_slope == 0.2
+    )
+    assert det.discriminator_.tail.bias is None and tuple(det.discriminator_.tail.weight.shape) == (1, 1024)
+
+
+def test_training_lowers_the_loss_and_is_seeded() -> None:
+    train = _features(16, 0)
+    seen: list[int] = []
+    a = build_detector("simplenet", epochs=30, hidden=32, seed=3)
+    a.progress = lambda epoch, epochs, loss, seconds: seen.append(epoch)
+    a.fit(train)
+    assert seen == list(range(1, 31)) and a.losses_[-1] < a.losses_[0]
+    b = build_detector("simplenet", epochs=30, hidden=32, seed=3).fit(train)
+    c = build_detector("simplenet", epochs=30, hidden=32, seed=4).fit(train)
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+    assert not torch.equal(a.state_dict()["adaptor.weight"], c.state_dict()["adaptor.weight"])
+
+
+def test_a_pipeline_trains_saves_and_predicts_with_it(tiny_mvtec: Path, tmp_path: Path) -> None:
+    split = load_dataset(tiny_mvtec, "mvtec")
+    pipe = Pipeline(
+        nodes=["blocks.2", "blocks.3"], image_size=64, detector="simplenet",
+        detector_params={"epochs": 40, "hidden": 64},
+    )  # fmt: skip
+    pred = pipe.fit(split.train).predict(split.test)
+    labels = np.array([r.label for r in split.test])
+    assert pred.image_scores[labels == 1].mean() > pred.image_scores[labels == 0].mean()
+    pipe.save(tmp_path / "s.stratad")
+    again = Pipeline.load(tmp_path / "s.stratad").predict(split.test)
+    np.testing.assert_array_equal(again.image_scores, pred.image_scores)
+    np.testing.assert_array_equal(again.maps, pred.maps)
