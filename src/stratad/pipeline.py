@@ -296,19 +296,27 @@ class Pipeline:
 
     # -- fit / predict --
     def fit(self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None) -> Pipeline:
+        """Extract the training features (:meth:`training_features`), then fit the detector on them."""
+        return self.fit_features(self.training_features(images, progress))
+
+    def training_features(
+        self, images: Sequence[ImageSource], progress: Callable[[int], None] | None = None
+    ) -> FeatureBatch:
+        """The features the detector is fitted on (with the training augmentations); the bit depth is
+        detected from the images first when it is not set."""
         if not images:
             raise StratadError("no training images")
         t0 = time.perf_counter()
         if self.config.bit_depth is None:
             self.config.bit_depth = detect_bit_depth(_path_of(i) for i in images)
         train = self.extract(images, progress, augment=True)
-        t1 = time.perf_counter()
-        self.fit_features(train)
-        self.timings_ = {"extract_s": t1 - t0, "detector_fit_s": time.perf_counter() - t1}
-        return self
+        self.timings_ = {"extract_s": time.perf_counter() - t0}
+        return train
 
     def fit_features(self, train: FeatureBatch) -> Pipeline:
+        t0 = time.perf_counter()
         self.detector.fit(train)
+        self.timings_ = {**getattr(self, "timings_", {}), "detector_fit_s": time.perf_counter() - t0}
         self._detector_module: Any = None
         self._traced = None  # a refit scores with the extractor it was fitted with
         self.fitted_ = True

@@ -35,6 +35,14 @@ def fit_to_file(
         f"{split.describe()}; backbone {cfg.backbone}, nodes {', '.join(cfg.nodes)}, detector {cfg.detector}"
     )
     with reporter.bar("extracting features", len(split.train)) as advance:
-        pipe.fit(split.train, advance)
+        train = pipe.training_features(split.train, advance)
+    if hasattr(pipe.detector, "progress"):  # a trained detector reports its epochs
+        with reporter.count("training") as update:
+            pipe.detector.progress = lambda epoch, epochs, loss, seconds: update(
+                f"epoch {epoch}/{epochs}, loss {loss:.4f}", epoch, epochs
+            )
+            pipe.fit_features(train)
+    else:
+        pipe.fit_features(train)
     pipe.save(out)
     return FitResult(pipe, split, out)
