@@ -205,7 +205,16 @@ def main() -> None:
         },
         **{f"p_{n}_{k}": mean_std([r[k]["p_k"][n] for r in per_seed]) for k in kinds for n in (1, 3, 5)},
         "default_pair_selected": {
-            k: sum(COMBINATION_SEPARATOR in r[k]["selected_node"] for r in per_seed) for k in kinds
+            k: sum(r[k]["selected_node"] == "+".join(r["default_combination"]["nodes"]) for r in per_seed)
+            for k in kinds
+        },
+        "pair_selected": {
+            k: sum(
+                COMBINATION_SEPARATOR in r[k]["selected_node"]
+                and r[k]["selected_node"] != "+".join(r["default_combination"]["nodes"])
+                for r in per_seed
+            )
+            for k in kinds
         },
     }
     payload = {
