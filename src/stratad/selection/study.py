@@ -153,22 +153,11 @@ def task_memory_bytes(feature_bytes: int) -> int:
 
 def run_task(task: StudyTask, cfg: StudyConfig, out: Path) -> list[dict[str, Any]]:
     """Sweep one task's nodes on its category's real test split (one thread); its rows, tagged."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from stratad.data.datasets import DataSource
     from stratad.selection.select import real_test_set
-    from stratad.selection.sweep import run_sweep
+    from stratad.selection.sweep import one_thread, run_sweep
 
-    # One thread for torch, BLAS and faiss alike, in a local process as in a Ray worker.
-    torch.set_num_threads(1)
-    threadpool_limits(1)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    one_thread()  # in a local process as in a Ray worker: the same kernels, the same numbers
     split = DataSource(root=cfg.root, category=task.category).load()
     sweep = replace(
         cfg.sweep,

@@ -289,11 +289,15 @@ _WORKER_CONTEXT: list[ChunkContext] = []
 
 
 def _worker_init(context: ChunkContext) -> None:
-    # One thread per worker process: the workers themselves are the parallelism. That includes
-    # NumPy's BLAS (the coreset loop), whose threads would otherwise spin against the other worker.
+    _WORKER_CONTEXT[:] = [context]
+    one_thread()
+
+
+def one_thread() -> None:
+    """One thread for torch, NumPy's BLAS (the coreset loop) and faiss in this process: in worker
+    processes the workers themselves are the parallelism, and threads would spin against each other."""
     from threadpoolctl import threadpool_limits
 
-    _WORKER_CONTEXT[:] = [context]
     torch.set_num_threads(1)
     threadpool_limits(1)
     try:
