@@ -20,13 +20,20 @@ from stratad.features import FeatureBatch
 
 # Options that fit the tiny features below; extra configurations where a detector has modes.
 CONFIGS: dict[str, list[dict[str, object]]] = {
-    "patchcore": [{"coreset_size": 60}, {"coreset_fraction": 0.25, "reweight_neighbours": 3}],
+    "patchcore": [
+        {"coreset_size": 60},
+        {"coreset_fraction": 0.25, "reweight_neighbours": 3},
+        {"coreset_size": 60, "embedding": "unfold", "node_dim": 64, "target_dim": 48},
+    ],
     "padim": [{"n_features": 10}],
     "gaussian": [{"variant": v} for v in ("mvg", "l2", "sed", "pca", "npca")],
     "dn2": [{}],
     "spade": [{"image_neighbours": 4, "combine": "sum"}, {"image_neighbours": 4, "combine": "concat"}],
     "gde": [{}],
-    "simplenet": [{"epochs": 40, "hidden": 32, "batch_size": 8}],
+    "simplenet": [
+        {"epochs": 40, "hidden": 32, "node_dim": 64, "target_dim": 64},
+        {"epochs": 40, "hidden": 32, "embedding": "average"},
+    ],
 }
 CASES = [(name, params) for name in list_detectors() for params in CONFIGS.get(name, [{}])]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items()) or 'default'}" for name, params in CASES]

@@ -24,9 +24,12 @@ def test_the_official_settings_and_layers() -> None:
     assert (c.epochs, c.batch_size, c.noise_std, c.margin, c.hidden) == (160, 8, 0.015, 0.5, 1024)
     assert (c.adaptor_lr, c.discriminator_lr, c.weight_decay) == (1e-4, 2e-4, 1e-5)
     assert (c.patch_size, c.node_dim, c.target_dim) == (3, 1536, 1536)
+    assert c.embedding == "unfold"  # the official MeanMapper / Aggregator patch features
     det = build_detector("simplenet", epochs=1).fit(_features(4, 0))
     assert det.adaptor_ is not None and det.discriminator_ is not None
-    assert tuple(det.adaptor_.weight.shape) == (6, 6)
+    assert tuple(det.adaptor_.weight.shape) == (1536, 1536)  # 6 x 3 x 3 values upsampled to 1536
+    averaged = build_detector("simplenet", epochs=1, embedding="average").fit(_features(4, 0))
+    assert averaged.adaptor_ is not None and tuple(averaged.adaptor_.weight.shape) == (6, 6)
     layers = [type(m).__name__ for m in det.discriminator_.body]
     assert (
         layers == ["Linear", "BatchNorm1d", "LeakyReLU"] and det.discriminator_.body[2].negative_slope == 0.2
@@ -37,12 +40,13 @@ def test_the_official_settings_and_layers() -> None:
 def test_training_lowers_the_loss_and_is_seeded() -> None:
     train = _features(16, 0)
     seen: list[int] = []
-    a = build_detector("simplenet", epochs=30, hidden=32, seed=3)
+    small = {"epochs": 30, "hidden": 32, "node_dim": 64, "target_dim": 64}
+    a = build_detector("simplenet", seed=3, **small)
     a.progress = lambda epoch, epochs, loss, seconds: seen.append(epoch)
     a.fit(train)
     assert seen == list(range(1, 31)) and a.losses_[-1] < a.losses_[0]
-    b = build_detector("simplenet", epochs=30, hidden=32, seed=3).fit(train)
-    c = build_detector("simplenet", epochs=30, hidden=32, seed=4).fit(train)
+    b = build_detector("simplenet", seed=3, **small).fit(train)
+    c = build_detector("simplenet", seed=4, **small).fit(train)
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
@@ -53,7 +57,7 @@ def test_a_pipeline_trains_saves_and_predicts_with_it(tiny_mvtec: Path, tmp_path
     split = load_dataset(tiny_mvtec, "mvtec")
     pipe = Pipeline(
         nodes=["blocks.2", "blocks.3"], image_size=64, detector="simplenet",
-        detector_params={"epochs": 40, "hidden": 64},
+        detector_params={"epochs": 40, "hidden": 64, "node_dim": 128, "target_dim": 128},
     )  # fmt: skip
     pred = pipe.fit(split.train).predict(split.test)
     labels = np.array([r.label for r in split.test])

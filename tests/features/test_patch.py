@@ -65,3 +65,22 @@ def test_rows_flatten_in_image_major_order_and_zero_images_work() -> None:
     rows = flatten_patches(patch_embedding({"b": x}, ["b"], 1))
     assert torch.equal(rows[6 * 6 + 7], x[1, :, 1, 1])
     assert patch_embedding({"b": x[:0]}, ["b"]).shape == (0, 40, 6, 6)
+
+
+def test_the_unfold_embedding_is_the_official_flattened_neighbourhood() -> None:
+    """Each position holds its node's C x 3 x 3 neighbourhood, channel-major (the official unfold),
+    pooled to node_dim exactly: upsampling repeats values, so every node weighs equally."""
+    from stratad.features.patch import unfolded_patch_embedding
+
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+    same = unfolded_patch_embedding({"a": x}, ["a"], 3, node_dim=18, target_dim=18)
+    torch.testing.assert_close(same[0, :, 1, 1], x[0, :, 0:3, 0:3].reshape(-1))
+    assert float(same[0, 0, 0, 0]) == 0.0  # zero padding at the border
+    doubled = unfolded_patch_embedding({"a": x}, ["a"], 3, node_dim=36, target_dim=36)
+    torch.testing.assert_close(doubled[0, 0::2, 1, 1], same[0, :, 1, 1])
+    torch.testing.assert_close(doubled[0, 1::2, 1, 1], same[0, :, 1, 1])
+    # two nodes: each pooled to node_dim, then the joined 2 x node_dim pooled to target_dim
+    y = torch.ones(1, 1, 2, 2)
+    both = unfolded_patch_embedding({"a": x, "b": y}, ["a", "b"], 3, node_dim=18, target_dim=18)
+    assert both.shape == (1, 18, 4, 4)
+    torch.testing.assert_close(both[0, :9, 1, 1], same[0, :, 1, 1].reshape(9, 2).mean(1))

@@ -103,12 +103,28 @@ def _pool_channels(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def embed_patches(
-    features: dict[str, torch.Tensor], nodes: Sequence[str], patch_size: int, node_dim: int, target_dim: int
+    features: dict[str, torch.Tensor],
+    nodes: Sequence[str],
+    patch_size: int,
+    node_dim: int,
+    target_dim: int,
+    embedding: str = "average",
 ) -> torch.Tensor:
-    """PatchCore's patch embedding (:func:`stratad.features.patch.patch_embedding`) in exportable
-    operations: 3 x 3 average, bilinear resize to the first node's grid, channel pooling as matrices."""
+    """The patch embedding (:func:`stratad.features.patch.embed_nodes`) in exportable operations:
+    3 x 3 average (or unfolded neighbourhoods), bilinear resize to the first node's grid, channel
+    pooling as matrices."""
     first = features[nodes[0]]
     grid = (int(first.shape[-2]), int(first.shape[-1]))
+    if embedding == "unfold":
+        from stratad.features.patch import unfold_neighbourhoods
+
+        unfolded = [
+            _pool_exactly(
+                _resized(unfold_neighbourhoods(features[n].float(), patch_size), grid, "bilinear"), node_dim
+            )
+            for n in nodes
+        ]
+        return _pool_exactly(torch.cat(unfolded, dim=1), target_dim)
     pad = patch_size // 2
     parts = []
     for node in nodes:
@@ -118,6 +134,14 @@ def embed_patches(
         parts.append(_pool_channels(_resized(x, grid, "bilinear"), node_dim))
     joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     return _pool_channels(joined, target_dim)
+
+
+def _pool_exactly(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N, C, h, w) pooled over channels to exactly ``dim`` (up or down) as a matrix product."""
+    channels = int(x.shape[1])
+    if channels == dim:
+        return x
+    return torch.einsum("nchw,cd->ndhw", x, channel_pool_matrix(channels, dim).to(x.device))
 
 
 class PatchCoreModule(DetectorModule):
@@ -132,14 +156,17 @@ class PatchCoreModule(DetectorModule):
         node_dim: int,
         target_dim: int,
         reweight_neighbours: int = 0,
+        embedding: str = "average",
     ) -> None:
         super().__init__(detector, nodes)
-        self.reweight_neighbours = reweight_neighbours
+        self.reweight_neighbours, self.embedding = reweight_neighbours, embedding
         self.patch_size, self.node_dim, self.target_dim = patch_size, node_dim, target_dim
         self.nearest = NearestDistance(memory_bank, k=1)
 
     def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return embed_patches(features, self.nodes, self.patch_size, self.node_dim, self.target_dim)
+        return embed_patches(
+            features, self.nodes, self.patch_size, self.node_dim, self.target_dim, self.embedding
+        )
 
     def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.reweight_neighbours:
@@ -352,17 +379,21 @@ class SimpleNetModule(DetectorModule):
         patch_size: int,
         node_dim: int,
         target_dim: int,
+        embedding: str = "unfold",
     ) -> None:
         import copy
 
         super().__init__(detector, nodes)
         self.patch_size, self.node_dim, self.target_dim = patch_size, node_dim, target_dim
+        self.embedding = embedding
         # Copies in eval mode, frozen: the module holds its own state.
         self.adaptor = copy.deepcopy(adaptor).eval().requires_grad_(False)
         self.discriminator = copy.deepcopy(discriminator).eval().requires_grad_(False)
 
     def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        emb = embed_patches(features, self.nodes, self.patch_size, self.node_dim, self.target_dim)
+        emb = embed_patches(
+            features, self.nodes, self.patch_size, self.node_dim, self.target_dim, self.embedding
+        )
         n, d, h, w = emb.shape
         patches = emb.permute(0, 2, 3, 1).reshape(-1, d)
         maps = -self.discriminator(self.adaptor(patches)).reshape(n, h, w)

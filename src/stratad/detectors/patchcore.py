@@ -21,7 +21,7 @@ from stratad.detectors.base import Detector, DetectorConfig, Scores, register_de
 from stratad.detectors.coreset import coreset_count, greedy_coreset
 from stratad.detectors.knn import IndexKind, NearestNeighbours
 from stratad.errors import DetectorError
-from stratad.features.patch import flatten_patches, patch_embedding
+from stratad.features.patch import Embedding, embed_nodes, flatten_patches
 from stratad.features.types import FeatureBatch
 
 
@@ -42,6 +42,9 @@ class PatchCoreConfig(DetectorConfig):
     #: the paper's image-score reweighting with this many bank neighbours (0 = plain max)
     reweight_neighbours: int = bounded(0, low=0)
     index: IndexKind = IndexKind.exact
+    #: the patch feature: ``average`` (3 x 3 mean, channels pooled down only) or ``unfold`` (the
+    #: official code's flattened C x 3 x 3 neighbourhood pooled to node_dim / target_dim exactly)
+    embedding: Embedding = Embedding.average
     seed: int = 0
 
 
@@ -76,7 +79,7 @@ class PatchCore(Detector):
 
     def embed(self, batch: FeatureBatch) -> torch.Tensor:
         c = self.config
-        return patch_embedding(batch.features, batch.nodes, c.patch_size, c.node_dim, c.target_dim)
+        return embed_nodes(batch.features, batch.nodes, c.patch_size, c.node_dim, c.target_dim, c.embedding)
 
     def fit(self, train: FeatureBatch) -> PatchCore:
         if len(train) == 0:
@@ -138,8 +141,9 @@ class PatchCore(Detector):
         assert self.memory_bank_ is not None
         c = self.config
         return PatchCoreModule(
-            self, self.memory_bank_, nodes, c.patch_size, c.node_dim, c.target_dim, c.reweight_neighbours
-        )
+            self, self.memory_bank_, nodes, c.patch_size, c.node_dim, c.target_dim, c.reweight_neighbours,
+            c.embedding.value,
+        )  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("memory_bank_")

@@ -32,7 +32,7 @@ from stratad._options import bounded
 from stratad.backbones.stages import NodeRule
 from stratad.detectors.base import Detector, DetectorConfig, Scores, register_detector, state_tensor
 from stratad.errors import DetectorError
-from stratad.features.patch import flatten_patches, patch_embedding
+from stratad.features.patch import Embedding, embed_nodes, flatten_patches
 from stratad.features.types import FeatureBatch
 
 
@@ -59,6 +59,8 @@ class SimpleNetConfig(DetectorConfig):
     discriminator_lr: float = bounded(2e-4, low=0, low_open=True)
     #: the discriminator's weight decay
     weight_decay: float = bounded(1e-5, low=0)
+    #: the patch feature (:class:`~stratad.features.patch.Embedding`); the official code unfolds
+    embedding: Embedding = Embedding.unfold
     seed: int = 0
 
 
@@ -107,7 +109,7 @@ class SimpleNet(Detector):
 
     def embed(self, batch: FeatureBatch) -> torch.Tensor:
         c = self.config
-        return patch_embedding(batch.features, batch.nodes, c.patch_size, c.node_dim, c.target_dim)
+        return embed_nodes(batch.features, batch.nodes, c.patch_size, c.node_dim, c.target_dim, c.embedding)
 
     def fit(self, train: FeatureBatch) -> SimpleNet:
         if len(train) == 0:
@@ -182,8 +184,9 @@ class SimpleNet(Detector):
         assert self.adaptor_ is not None and self.discriminator_ is not None
         c = self.config
         return SimpleNetModule(
-            self, nodes, self.adaptor_, self.discriminator_, c.patch_size, c.node_dim, c.target_dim
-        )
+            self, nodes, self.adaptor_, self.discriminator_, c.patch_size, c.node_dim, c.target_dim,
+            c.embedding.value,
+        )  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted("discriminator_")

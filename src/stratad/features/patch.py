@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from stratad.errors import DetectorError
+
+
+class Embedding(str, enum.Enum):
+    """How a patch feature is made from a node's neighbourhood."""
+
+    #: average the patch_size x patch_size neighbourhood, pool channels down only (stratad's default)
+    average = "average"
+    #: the official PatchCore / SimpleNet code (``MeanMapper`` / ``Aggregator``): the flattened
+    #: C x k x k neighbourhood of each node pooled to ``node_dim`` values (small nodes upsampled, so
+    #: every node weighs equally), the joined nodes pooled to ``target_dim``
+    unfold = "unfold"
 
 
 def spatial(node: str, features: torch.Tensor) -> torch.Tensor:
@@ -53,6 +65,20 @@ def channel_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
     return pooled.reshape(n, h, w, dim).permute(0, 3, 1, 2)
 
 
+def embed_nodes(
+    features: Mapping[str, torch.Tensor],
+    nodes: Sequence[str],
+    patch_size: int,
+    node_dim: int,
+    target_dim: int,
+    embedding: Embedding | str = Embedding.average,
+) -> torch.Tensor:
+    """The patch features of :class:`Embedding` ``embedding`` (PatchCore's and SimpleNet's option)."""
+    if Embedding(embedding) is Embedding.unfold:
+        return unfolded_patch_embedding(features, nodes, patch_size, node_dim, target_dim)
+    return patch_embedding(features, nodes, patch_size, node_dim, target_dim)
+
+
 def patch_embedding(
     features: Mapping[str, torch.Tensor],
     nodes: Sequence[str],
@@ -93,6 +119,61 @@ def patch_embedding(
         out[start:stop] = joined
     assert out is not None  # the loop runs at least once
     return out
+
+
+def pool_exactly(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Adaptive average pooling over channels of (N, C, h, w) to exactly ``dim`` (up or down, as the
+    official code's ``adaptive_avg_pool1d`` does: upsampling repeats values)."""
+    n, c, h, w = x.shape
+    if c == dim:
+        return x
+    flat = x.permute(0, 2, 3, 1).reshape(-1, 1, c)
+    return F.adaptive_avg_pool1d(flat, dim).reshape(n, h, w, dim).permute(0, 3, 1, 2)
+
+
+def unfolded_patch_embedding(
+    features: Mapping[str, torch.Tensor],
+    nodes: Sequence[str],
+    patch_size: int = 3,
+    node_dim: int = 1536,
+    target_dim: int = 1536,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """The official patch features (:attr:`Embedding.unfold`), (N, target_dim, h, w) float32 on the
+    grid of the first node: each node's k x k neighbourhoods unfolded (zero padding), resized to the
+    first node's grid, pooled to ``node_dim``; the joined nodes pooled to ``target_dim``."""
+    if not nodes:
+        raise DetectorError("no feature nodes given")
+    if node_dim <= 0 or target_dim <= 0:
+        raise DetectorError("the unfold embedding needs node_dim and target_dim above 0")
+    first = spatial(nodes[0], features[nodes[0]])
+    n_images = int(first.shape[0])
+    grid = (int(first.shape[-2]), int(first.shape[-1]))
+    out = torch.empty((n_images, target_dim, *grid), memory_format=torch.channels_last)
+    for start in range(0, n_images, batch_size):
+        parts = [
+            pool_exactly(
+                resize_to(
+                    unfold_neighbourhoods(
+                        spatial(node, features[node])[start : start + batch_size].float(), patch_size
+                    ),
+                    grid,
+                ),
+                node_dim,
+            )
+            for node in nodes
+        ]
+        out[start : start + batch_size] = pool_exactly(torch.cat(parts, dim=1), target_dim)
+    return out
+
+
+def unfold_neighbourhoods(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C * k * k, h, w): each position's k x k neighbourhood, channel-major (the
+    order of the official code's unfold), zero padded."""
+    if patch_size <= 1:
+        return x
+    n, c, h, w = x.shape
+    return F.unfold(x, patch_size, padding=patch_size // 2).reshape(n, c * patch_size * patch_size, h, w)
 
 
 def flatten_patches(x: torch.Tensor) -> torch.Tensor:
