@@ -32,9 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MTD = ROOT.parent / "shared" / "datasets" / "mtd"
 
 
-def run(detector: str, epochs: int | None, n_train: int) -> dict[str, Any]:
+def run(detector: str, epochs: int | None, n_train: int, extra: dict[str, str]) -> dict[str, Any]:
     split = load_dataset(MTD, "mtd")
-    params = {} if epochs is None else {"epochs": epochs}
+    from stratad.detectors.base import detector_class
+
+    defaults = detector_class(detector).config_class()
+    unit = "epochs" if hasattr(defaults, "epochs") else "steps"  # what the budget counts
+    params: dict[str, Any] = {**extra, **({} if epochs is None else {unit: epochs})}
     pipe = Pipeline(detector=detector, image_size=256, detector_params=params)
     pipe.prepare()
     train = pipe.training_features(split.train[:n_train])
@@ -48,12 +52,14 @@ def run(detector: str, epochs: int | None, n_train: int) -> dict[str, Any]:
     predict_s = time.perf_counter() - t1
     epochs_run = len(epoch_s)
     per_epoch = train_s / max(epochs_run, 1)
-    full = type(pipe.detector.config)().epochs  # the official budget
+    full = getattr(defaults, unit)  # the official budget
     return {
         "detector": detector,
+        "params": params,
         "nodes": pipe.config.nodes,
         "n_train": len(split.train[:n_train]),
         "extract_seconds": round(pipe.timings_["extract_s"], 2),
+        "budget_unit": unit,
         "epochs": epochs_run,
         "train_seconds": round(train_s, 2),
         "seconds_per_epoch": round(per_epoch, 3),
@@ -73,15 +79,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--detectors", default="simplenet")
-    parser.add_argument("--epochs", type=int, help="train this many epochs (default: the official budget)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="train this many epochs, or steps for FastFlow (default: the official budget)",
+    )
     parser.add_argument("--n-train", type=int, default=209)
+    parser.add_argument("-p", "--param", action="append", default=[], help="detector option key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "trainable_mtd.json")
     args = parser.parse_args()
     if not (MTD / "MT_Free").is_dir():
         sys.exit(f"needs the MTD dataset at {MTD}")
     rows = []
     for detector in args.detectors.split(","):
-        row = run(detector, args.epochs, args.n_train)
+        row = run(detector, args.epochs, args.n_train, dict(p.split("=", 1) for p in args.param))
         print(json.dumps(row), flush=True)
         rows.append(row)
     payload = {"benchmark": "trainable_mtd", "cpu_count": os.cpu_count(), "image_size": 256, "results": rows}

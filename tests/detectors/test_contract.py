@@ -30,6 +30,7 @@ CONFIGS: dict[str, list[dict[str, object]]] = {
     "dn2": [{}],
     "spade": [{"image_neighbours": 4, "combine": "sum"}, {"image_neighbours": 4, "combine": "concat"}],
     "gde": [{}],
+    "fastflow": [{"steps": 60, "flow_steps": 4, "batch_size": 8}],
     "simplenet": [
         {"epochs": 40, "hidden": 32, "node_dim": 64, "target_dim": 64},
         {"epochs": 40, "hidden": 32, "embedding": "average"},

@@ -398,3 +398,20 @@ class SimpleNetModule(DetectorModule):
         patches = emb.permute(0, 2, 3, 1).reshape(-1, d)
         maps = -self.discriminator(self.adaptor(patches)).reshape(n, h, w)
         return maps.flatten(1).amax(dim=1), maps
+
+
+class FastFlowModule(DetectorModule):
+    """Each node's LayerNorm and flow; ``-exp(-0.5 mean_c z^2)`` per node, averaged on the first
+    node's grid; max per image."""
+
+    def __init__(self, detector: object, nodes: Sequence[str], flows: nn.ModuleList) -> None:
+        import copy
+
+        super().__init__(detector, nodes)
+        self.flows = copy.deepcopy(flows).eval().requires_grad_(False)  # the module holds its own state
+
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from stratad.detectors.fastflow import fastflow_maps
+
+        maps = fastflow_maps(list(self.flows), [features[n].float() for n in self.nodes])
+        return maps.flatten(1).amax(dim=1), maps

@@ -36,10 +36,11 @@ def fit_to_file(
     )
     with reporter.bar("extracting features", len(split.train)) as advance:
         train = pipe.training_features(split.train, advance)
-    if hasattr(pipe.detector, "progress"):  # a trained detector reports its epochs
+    if hasattr(pipe.detector, "progress"):  # a trained detector reports its epochs (or steps)
+        unit = getattr(pipe.detector, "progress_unit", "epoch")
         with reporter.count("training") as update:
-            pipe.detector.progress = lambda epoch, epochs, loss, seconds: update(
-                f"epoch {epoch}/{epochs}, loss {loss:.4f}", epoch, epochs
+            pipe.detector.progress = lambda done, total, loss, seconds: update(
+                f"{unit} {done}/{total}, loss {loss:.4f}", done, total
             )
             pipe.fit_features(train)
     else:
