@@ -28,6 +28,11 @@ EXPORTABLE = {
     "dn2": {"nodes": ["global_pool"]},
     "spade": {"nodes": ["blocks.2", "blocks.3", "global_pool"], "detector_params": {"image_neighbours": 4}},
     "gde": {"nodes": ["blocks.3", "blocks.4"]},
+    "simplenet": {
+        "nodes": ["blocks.2", "blocks.3"],
+        "detector_params": {"epochs": 3, "hidden": 32, "node_dim": 64, "target_dim": 64},
+    },
+    "fastflow": {"nodes": ["blocks.2", "blocks.3"], "detector_params": {"steps": 5, "flow_steps": 2}},
 }
 
 

@@ -60,3 +60,13 @@ def test_a_pipeline_trains_saves_and_predicts_with_it(tiny_mvtec: Path, tmp_path
     again = Pipeline.load(tmp_path / "f.stratad").predict(split.test)
     np.testing.assert_array_equal(again.image_scores, pred.image_scores)
     np.testing.assert_array_equal(again.maps, pred.maps)
+
+
+def test_a_one_channel_node_is_one_clear_error() -> None:
+    import pytest
+
+    from stratad.errors import DetectorError
+
+    thin = FeatureBatch({"a": torch.randn(4, 1, 8, 8)}, (64, 64))
+    with pytest.raises(DetectorError, match="at least 2 channels"):
+        build_detector("fastflow", steps=1).fit(thin)

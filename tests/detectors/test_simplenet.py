@@ -66,3 +66,27 @@ def test_a_pipeline_trains_saves_and_predicts_with_it(tiny_mvtec: Path, tmp_path
     again = Pipeline.load(tmp_path / "s.stratad").predict(split.test)
     np.testing.assert_array_equal(again.image_scores, pred.image_scores)
     np.testing.assert_array_equal(again.maps, pred.maps)
+
+
+def test_bad_options_fail_at_once_and_loading_leaves_the_global_rng_alone(tmp_path: Path) -> None:
+    import pytest
+
+    from stratad.detectors.base import Detector
+    from stratad.errors import DetectorError
+
+    with pytest.raises(DetectorError, match="odd"):
+        build_detector("simplenet", patch_size=2)
+    with pytest.raises(DetectorError, match="above 0"):
+        build_detector("simplenet", node_dim=0)
+    small = {"epochs": 2, "hidden": 16, "node_dim": 32, "target_dim": 32}
+    det = build_detector("simplenet", **small).fit(_features(20, 0))
+    whole = det.score(_features(20, 1))  # scored in chunks of 16 images: the same as one by one
+    test = _features(20, 1).features["a"]
+    alone = [det.score(FeatureBatch({"a": test[i : i + 1]}, (64, 64))) for i in (0, 19)]
+    np.testing.assert_allclose(whole.image_scores[[0, 19]], [a.image_scores[0] for a in alone], rtol=1e-5)
+    det.save(tmp_path / "d.stratad")
+    torch.manual_seed(7)
+    expected = torch.rand(1)
+    torch.manual_seed(7)
+    Detector.load(tmp_path / "d.stratad")
+    assert torch.equal(torch.rand(1), expected)

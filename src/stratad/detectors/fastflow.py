@@ -30,6 +30,9 @@ from stratad.errors import DetectorError
 from stratad.features.patch import spatial
 from stratad.features.types import FeatureBatch
 
+#: images scored together (bounds the flows' activations)
+SCORE_CHUNK = 16
+
 
 @dataclass
 class FastFlowConfig(DetectorConfig):
@@ -147,6 +150,11 @@ class FastFlow(Detector):
             raise DetectorError("FastFlow needs at least one training image")
         c = self.config
         inputs = self._inputs(train)
+        thin = [node for node, x in zip(train.nodes, inputs, strict=True) if int(x.shape[1]) < 2]
+        if thin:
+            raise DetectorError(
+                f"FastFlow's coupling blocks need at least 2 channels; node {thin[0]!r} has 1"
+            )
         n = int(inputs[0].shape[0])
         flows = seeded_flows([tuple(int(s) for s in x.shape[1:]) for x in inputs], c)
         optimiser = torch.optim.Adam(flows.parameters(), lr=c.lr, weight_decay=c.weight_decay)
@@ -186,8 +194,12 @@ class FastFlow(Detector):
                 f"FastFlow was trained on node shapes {expected} but got {got}: score with the nodes and "
                 "image size it was trained with"
             )
-        with torch.no_grad():
-            maps = fastflow_maps(list(self.flows_), inputs).numpy().astype(np.float32)
+        with torch.no_grad():  # in chunks of images: memory does not grow with the number scored
+            parts = [
+                fastflow_maps(list(self.flows_), [x[s : s + SCORE_CHUNK] for x in inputs])
+                for s in range(0, max(int(inputs[0].shape[0]), 1), SCORE_CHUNK)
+            ]
+        maps = torch.cat(parts).numpy().astype(np.float32)
         return Scores(maps.reshape(len(maps), -1).max(axis=1), maps)
 
     def module(self, nodes: Sequence[str]) -> nn.Module:

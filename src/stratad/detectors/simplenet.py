@@ -35,12 +35,15 @@ from stratad.errors import DetectorError
 from stratad.features.patch import Embedding, embed_nodes, flatten_patches
 from stratad.features.types import FeatureBatch
 
+#: images scored together (bounds the embedding and the discriminator's activations)
+SCORE_CHUNK = 16
+
 
 @dataclass
 class SimpleNetConfig(DetectorConfig):
     #: local neighbourhood aggregated around each patch (PatchCore's)
     patch_size: int = bounded(3, low=1)
-    #: per-node channel pooling; 0 keeps every channel (official: 1536)
+    #: per-node channel pooling (official: 1536); with ``embedding=average`` 0 keeps every channel
     node_dim: int = bounded(1536, low=0)
     #: channel pooling of the joined nodes; 0 keeps every channel (official: 1536)
     target_dim: int = bounded(1536, low=0)
@@ -107,6 +110,13 @@ class SimpleNet(Detector):
         #: called after every epoch with (epoch, epochs, mean loss, seconds so far)
         self.progress: Callable[[int, int, float, float], None] | None = None
 
+    def validate_config(self) -> None:
+        c = self.config
+        if c.patch_size % 2 == 0:
+            raise DetectorError(f"patch_size must be an odd positive number, got {c.patch_size}")
+        if c.embedding is Embedding.unfold and (c.node_dim <= 0 or c.target_dim <= 0):
+            raise DetectorError("the unfold embedding needs node_dim and target_dim above 0")
+
     def embed(self, batch: FeatureBatch) -> torch.Tensor:
         c = self.config
         return embed_nodes(batch.features, batch.nodes, c.patch_size, c.node_dim, c.target_dim, c.embedding)
@@ -166,15 +176,21 @@ class SimpleNet(Detector):
             return -self.discriminator_(self.adaptor_(flatten_patches(emb))).reshape(n, h, w)
 
     def score(self, test: FeatureBatch) -> Scores:
+        """Scores in chunks of :data:`SCORE_CHUNK` images (embedding included), so memory does not grow
+        with the number of images."""
         self._check_fitted("discriminator_")
         assert self.adaptor_ is not None
-        emb = self.embed(test)
-        if emb.shape[1] != self.adaptor_.in_features:
-            raise DetectorError(
-                f"SimpleNet was trained on {self.adaptor_.in_features}-d patches but these nodes give "
-                f"{emb.shape[1]}-d patches: score with the nodes and options it was trained with"
-            )
-        maps = self._patch_scores(emb).numpy().astype(np.float32)
+        chunks = []
+        for start in range(0, max(len(test), 1), SCORE_CHUNK):
+            part = FeatureBatch({n: x[start : start + SCORE_CHUNK] for n, x in test.items()}, test.image_size)
+            emb = self.embed(part)
+            if emb.shape[1] != self.adaptor_.in_features:
+                raise DetectorError(
+                    f"SimpleNet was trained on {self.adaptor_.in_features}-d patches but these nodes give "
+                    f"{emb.shape[1]}-d patches: score with the nodes and options it was trained with"
+                )
+            chunks.append(self._patch_scores(emb))
+        maps = torch.cat(chunks).numpy().astype(np.float32)
         return Scores(maps.reshape(len(maps), -1).max(axis=1), maps)
 
     def module(self, nodes: Sequence[str]) -> nn.Module:
@@ -199,7 +215,8 @@ class SimpleNet(Detector):
         weight = state_tensor(state, "adaptor.weight", 2, "SimpleNet")
         hidden = state_tensor(state, "discriminator.tail.weight", 2, "SimpleNet")
         dim = int(weight.shape[1])
-        adaptor, discriminator = nn.Linear(dim, dim), Discriminator(dim, int(hidden.shape[1]))
+        with torch.random.fork_rng(devices=[]):  # the layers' throw-away initialisation draws
+            adaptor, discriminator = nn.Linear(dim, dim), Discriminator(dim, int(hidden.shape[1]))
         try:
             adaptor.load_state_dict(
                 {k.removeprefix("adaptor."): v for k, v in state.items() if k.startswith("adaptor.")}

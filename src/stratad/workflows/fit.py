@@ -42,7 +42,10 @@ def fit_to_file(
             pipe.detector.progress = lambda done, total, loss, seconds: update(
                 f"{unit} {done}/{total}, loss {loss:.4f}", done, total
             )
-            pipe.fit_features(train)
+            try:
+                pipe.fit_features(train)
+            finally:  # the bar is closed after this: the detector keeps no hook into it
+                pipe.detector.progress = None
     else:
         pipe.fit_features(train)
     pipe.save(out)
