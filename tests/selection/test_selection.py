@@ -429,3 +429,16 @@ def test_several_defects_per_validation_image(tmp_path: Path) -> None:
     assert result.validation["defective"] == 4 and result.validation["defects_per_image"] == 3
     stamp = json.loads((tmp_path / "sel" / "sweep.json").read_text())
     assert stamp["defects_per_image"] == 3
+
+
+def test_a_trained_detector_selects_nodes_like_any_other(tmp_path: Path) -> None:
+    """`select --detector fastflow`: one flow trained per candidate node on the cached features."""
+    train = load_dataset(make_mvtec(tmp_path, n_train=20), "mvtec").train
+    cfg = SweepConfig(
+        weights="random", nodes=["blocks.1", "blocks.2"], image_size=64, batch_size=8, detector="fastflow",
+        detector_params={"steps": 20, "flow_steps": 2},
+    )  # fmt: skip
+    result = select_features(train, cfg, tmp_path / "ff", defects="simple")
+    assert [r.node for r in result.table] == ["blocks.1.1.add", "blocks.2.1.add"]
+    assert all(0.0 <= r.value("p_h") <= 1.0 for r in result.table)
+    assert result.node in ("blocks.1.1.add", "blocks.2.1.add")
