@@ -217,15 +217,12 @@ def write_study_table(path: Path, rows: Sequence[dict[str, Any]], fpr_limit: flo
 
 def _check_study_folder(out: Path, cfg: StudyConfig) -> None:
     """A study folder belongs to one grid: the same settings resume it, others are refused."""
+    from stratad.selection.sweep import read_stamp
+
     path = out / "study.json"
     stamp = cfg.stamp()
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            previous = None
-        if not isinstance(previous, dict):
-            raise StratadError(f"{path} is damaged; use another --out folder or delete it")
+    previous = read_stamp(path)
+    if previous is not None:
         differ = sorted(k for k in set(stamp) | set(previous) if stamp.get(k) != previous.get(k))
         if differ:
             raise StratadError(

@@ -630,16 +630,24 @@ _STAMP_NAMES = {
 }
 
 
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The JSON object a folder was stamped with (None when there is none); a damaged stamp is an error."""
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        previous = None
+    if not isinstance(previous, dict):
+        raise StratadError(f"{path} is damaged; use another --out folder or delete it")
+    return previous
+
+
 def _check_resumable(out_dir: Path, stamp: dict[str, Any]) -> None:
     """A sweep folder belongs to one configuration; resuming with other settings would mix results."""
     path = out_dir / "sweep.json"
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            previous = None
-        if not isinstance(previous, dict):
-            raise StratadError(f"{path} is damaged; use another --out folder or delete it")
+    previous = read_stamp(path)
+    if previous is not None:
         keys = sorted(set(stamp) | set(previous), key=lambda k: (k in _STAMP_NAMES, k))  # digests last
         differ = [k for k in keys if k not in _ROW_NEUTRAL and stamp.get(k) != previous.get(k)]
         if differ:
