@@ -505,6 +505,7 @@ class Pipeline:
         """Score one blank image: a state whose shapes do not fit the backbone and nodes (a foreign or
         hand-made file) fails here, as one :class:`ModelFileError`, instead of deep inside a run."""
         size = self.config.image_size
+        traced_in_use = self._traced is not None and self._scoring_extractor() is self._traced
         try:
             scores, maps = self.score_images(torch.full((1, 3, size, size), 0.5))
         except DetectorError as exc:
@@ -512,6 +513,9 @@ class Pipeline:
         except StratadError:  # missing weights, an unknown backbone: said as they are
             raise
         except Exception as exc:  # any kernel error means the stored state does not fit the network
+            if traced_in_use:  # ... or that this torch cannot run the trace: check with the backbone
+                self._traced = None
+                return self._check_runs(path)
             text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path} does not fit its backbone and nodes ({text})") from None
         if not np.isfinite(scores).all() or (maps is not None and not np.isfinite(maps).all()):

@@ -176,3 +176,18 @@ def test_a_loaded_model_saves_its_trace_again_without_the_backbone(
     first, _ = load_tensors(path)
     second, _ = load_tensors(tmp_path / "again.stratad")
     assert torch.equal(first[TRACED_KEY], second[TRACED_KEY])
+
+
+def test_a_trace_this_torch_cannot_run_falls_back_to_the_backbone(
+    saved: tuple[Pipeline, Path], tiny_mvtec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe, path = saved
+
+    def broken(self: TracedExtractor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise RuntimeError("unknown operator in this torch")
+
+    monkeypatch.setattr(TracedExtractor, "__call__", broken)
+    loaded = Pipeline.load(path)
+    assert loaded._traced is None
+    test = load_dataset(tiny_mvtec, "mvtec").test[:3]
+    np.testing.assert_array_equal(loaded.predict(test).image_scores, pipe.predict(test).image_scores)
