@@ -502,7 +502,7 @@ def select(
     run = select_to_folder(
         source, cfg, out, defects=defects, criterion=criterion, top_k=top_k, final=final, rf=rf,
         category_type=category_type.value, folds=folds, halving=halving, reporter=report,
-        sizes=[_int(v, "--sizes") for v in parse_list(sizes, "--sizes") or []] or None,
+        sizes=parse_ints(sizes, "--sizes"),
         defects_per_image=defects_per_image,
     )  # fmt: skip
     print_top(run, f"top {top_k} nodes by synthetic {run.result.criterion} ({defects})")
@@ -618,7 +618,7 @@ def study(
         root=root,
         categories=parse_list(categories, "--categories") or [],
         backbones=parse_list(backbones, "--backbones") or [],
-        sizes=[_int(s, "--sizes") for s in parse_list(sizes, "--sizes") or []],
+        sizes=parse_ints(sizes, "--sizes") or [],
         nodes=parse_list(nodes, "--nodes") or ["stages"],
         chunk_nodes=chunk_nodes,
         sweep=sweep,
@@ -628,11 +628,18 @@ def study(
     console.print(f"{len(rows)} rows -> {out / 'study.csv'}; `stratad analyze {out} --out DIR` reads it")
 
 
-def _int(text: str, option: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise StratadError(f"{option} takes whole numbers, got {text!r}") from None
+def parse_ints(text: str | None, option: str) -> list[int] | None:
+    """A comma list of whole numbers; None when not given."""
+    items = parse_list(text, option)
+    if items is None:
+        return None
+    numbers = []
+    for item in items:
+        try:
+            numbers.append(int(item))
+        except ValueError:
+            raise StratadError(f"{option} takes whole numbers, got {item!r}") from None
+    return numbers
 
 
 @app.command()
