@@ -34,6 +34,7 @@ from scipy.stats import spearmanr
 from stratad.data import load_dataset
 from stratad.pipeline import Pipeline
 from stratad.selection import SweepConfig, select_features
+from stratad.selection import halving as halving_module
 from stratad.selection import select as select_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,10 +79,14 @@ def main() -> None:
     parser.add_argument("--max-grid", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--single-node", default="blocks.4")
+    parser.add_argument(
+        "--rounds", type=int, default=halving_module.MAX_ROUNDS, help="halving rounds at most"
+    )
     args = parser.parse_args()
     if not (MTD / "MT_Free").is_dir():
         sys.exit(f"needs the MTD dataset at {MTD}")
     shutil.rmtree(args.work, ignore_errors=True)
+    halving_module.MAX_ROUNDS = args.rounds
     train = load_dataset(MTD, "mtd").train
     params = {"coreset_size": 1000}
     per_seed = []
@@ -138,6 +143,7 @@ def main() -> None:
             "defects": args.defects,
             "max_grid": args.max_grid,
             "workers": args.workers,
+            "max_rounds": args.rounds,
             "params": params,
         },
         "median_halving_sweep_ratio": statistics.median(r["halving_sweep_ratio"] for r in per_seed),

@@ -309,14 +309,25 @@ def test_string_options_become_their_enums() -> None:
 def test_halving_schedule_keeps_a_third_and_triples_the_budget() -> None:
     from stratad.selection.halving import schedule
 
-    assert [(r.budget, r.candidates) for r in schedule(108)] == [(1 / 9, 108), (1 / 3, 36), (1.0, 12)]
+    assert [(r.budget, r.candidates) for r in schedule(108)] == [
+        (1 / 27, 108),
+        (1 / 9, 36),
+        (1 / 3, 12),
+        (1.0, 4),
+    ]
+    assert [(r.budget, r.candidates) for r in schedule(108, rounds=3)] == [
+        (1 / 9, 108),
+        (1 / 3, 36),
+        (1.0, 12),
+    ]
     assert [(r.budget, r.candidates) for r in schedule(20)] == [(1 / 3, 20), (1.0, 7)]
     assert [(r.budget, r.candidates) for r in schedule(5)] == [(1.0, 5)]
 
 
 def test_halving_ends_with_the_exhaustive_rows_of_the_promoted_nodes_and_the_default(tmp_path: Path) -> None:
-    """The last round runs the full budget: its rows equal the exhaustive sweep's for those nodes,
-    and the default combination is scored in every round."""
+    """The last round runs the full budget: its rows equal the exhaustive sweep's for those nodes
+    (with the features of the earlier rounds' images reused), and the default combination is scored
+    in every round."""
     from stratad.selection.halving import round_data
     from stratad.selection.sweep import EvalSet
 
@@ -351,9 +362,13 @@ def test_halving_ends_with_the_exhaustive_rows_of_the_promoted_nodes_and_the_def
     labels = np.array([0] * 10 + [1] * 20)
     masks = [np.full((8, 8), i, dtype=np.int64) for i in range(10, 30)]
     ev = EvalSet(torch.arange(30).view(30, 1, 1, 1).expand(30, 3, 8, 8), labels, masks, np.arange(10, 30))
-    fit, sub = round_data(images, ev, 1 / 9, seed=0)
+    data = round_data(images, ev, 1 / 9, seed=0)
+    fit, sub = data.train_images, data.evaluation
     assert len(fit) == 8 and (sub.labels == 0).sum() == 8 and (sub.labels == 1).sum() == 8
     assert sub.pixel_images is not None
+    larger = round_data(images, ev, 1 / 3, seed=0)  # a larger budget holds the smaller one's images
+    assert set(data.train_keys) < set(larger.train_keys) and set(data.test_keys) < set(larger.test_keys)
+    assert torch.equal(sub.images, ev.images[torch.from_numpy(data.test_keys)])
     for position, mask in zip(sub.pixel_images, sub.masks, strict=True):
         assert int(sub.images[position, 0, 0, 0]) == int(mask[0, 0])
 

@@ -1,6 +1,7 @@
 """Successive halving over candidate nodes: every node first on a small budget, the best third
 promoted to a three times larger one, until the last round runs the full budget (Jamieson &
-Talwalkar, 2016; Li et al.'s Hyperband uses the same rounds).
+Talwalkar, 2016; Li et al.'s Hyperband uses the same rounds). Up to four rounds: with 150 nodes,
+150 -> 50 -> 17 -> 6 candidates on 1/27, 1/9, 1/3 and all of the budget.
 
 A round keeps the best third of its distinct nodes (twins with identical outputs count once).
 A round's budget ``b`` (1/9, 1/3, 1 for three rounds) takes a seeded subset of ``b`` of the D_T
@@ -25,12 +26,20 @@ import numpy as np
 import torch
 
 from stratad.errors import StratadError
-from stratad.selection.config import COMBINATION_SEPARATOR, NodeResult, SweepConfig, top_pairs
+from stratad.selection.config import (
+    COMBINATION_SEPARATOR,
+    NodeResult,
+    SweepConfig,
+    candidate_nodes,
+    top_pairs,
+)
 
 #: Each round keeps a third of the candidates and triples the budget.
 ETA = 3
-#: Rounds at most: budgets 1/9, 1/3, 1.
-MAX_ROUNDS = 3
+#: Rounds at most: budgets 1/27, 1/9, 1/3, 1. On MTD (150 Lite0 nodes, 400 D_T images) four
+#: rounds kept the exhaustive sweep's selection on 3 of 3 seeds at 2/3 of three rounds' wall time
+#: (``benchmarks/bench_halving.py --rounds 3|4``).
+MAX_ROUNDS = 4
 #: Fewest images of each kind a round is given (fit, good validation, defective validation).
 MIN_IMAGES = 8
 
@@ -57,24 +66,35 @@ def schedule(n_candidates: int, rounds: int = MAX_ROUNDS, eta: int = ETA) -> lis
     return plan
 
 
-def _subset(indices: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def _subset(indices: np.ndarray, fraction: float, seed: int, pool: int) -> np.ndarray:
+    """The first ``fraction`` of a seeded permutation of ``indices``: the subsets of a smaller
+    budget are contained in those of a larger one, so a round reuses the earlier rounds' features."""
     keep = min(len(indices), max(MIN_IMAGES, round(fraction * len(indices))))
-    return np.sort(rng.choice(indices, size=keep, replace=False))
+    order = np.random.default_rng([seed, pool]).permutation(indices)
+    return np.sort(order[:keep])
 
 
-def round_data(
-    train_images: torch.Tensor, evaluation: Any, budget: float, seed: int
-) -> tuple[torch.Tensor, Any]:
+@dataclass(frozen=True)
+class RoundData:
+    """A round's training images and evaluation set, with the positions of both in the full sets
+    (the keys of the feature memo)."""
+
+    train_images: torch.Tensor
+    evaluation: Any
+    train_keys: np.ndarray
+    test_keys: np.ndarray
+
+
+def round_data(train_images: torch.Tensor, evaluation: Any, budget: float, seed: int) -> RoundData:
     """The training images and the evaluation set of a round of ``budget`` (module docstring)."""
     from stratad.selection.sweep import EvalSet
 
-    if budget >= 1.0:
-        return train_images, evaluation
-    rng = np.random.default_rng([seed, round(1 / budget)])
-    fit = _subset(np.arange(len(train_images)), budget, rng)
     labels = np.asarray(evaluation.labels)
+    if budget >= 1.0:
+        return RoundData(train_images, evaluation, np.arange(len(train_images)), np.arange(len(labels)))
+    fit = _subset(np.arange(len(train_images)), budget, seed, 0)
     chosen = np.sort(
-        np.concatenate([_subset(np.flatnonzero(labels == k), math.sqrt(budget), rng) for k in (0, 1)])
+        np.concatenate([_subset(np.flatnonzero(labels == k), math.sqrt(budget), seed, 1 + k) for k in (0, 1)])
     )
     if evaluation.pixel_images is None:
         masks = [evaluation.masks[i] for i in chosen]
@@ -84,7 +104,8 @@ def round_data(
         kept = [int(i) for i in chosen if int(i) in position]
         masks = [evaluation.masks[position[i]] for i in kept]
         pixel = np.array([int(np.flatnonzero(chosen == i)[0]) for i in kept], dtype=np.int64)
-    return train_images[fit], EvalSet(evaluation.images[chosen], labels[chosen], masks, pixel)
+    sub = EvalSet(evaluation.images[chosen], labels[chosen], masks, pixel)
+    return RoundData(train_images[fit], sub, fit, chosen)
 
 
 def round_config(cfg: SweepConfig, nodes: list[str], budget: float) -> SweepConfig:
@@ -108,11 +129,13 @@ def halving_sweep(
     settings: dict[str, Any] | None = None,
     criterion_column: str = "p_h",
     eta: int = ETA,
+    rounds: int | None = None,
 ) -> list[NodeResult]:
-    """Successive halving of ``cfg.nodes`` (module docstring); rows of the last round."""
+    """Successive halving of ``cfg.nodes`` (module docstring) in at most ``rounds`` rounds
+    (MAX_ROUNDS when not given); rows of the last round."""
     from stratad.backbones import build_backbone, list_nodes, resolve_nodes
     from stratad.detectors import detector_class
-    from stratad.selection.sweep import run_sweep
+    from stratad.selection.sweep import FeatureMemo, run_sweep
 
     if (out_dir / "sweep.json").is_file():
         raise StratadError(f"{out_dir} holds an exhaustive selection; use another --out folder for --halving")
@@ -123,10 +146,13 @@ def halving_sweep(
         candidates = [n for n in candidates if heights[n] > 0]
     if not candidates:
         raise StratadError("no candidate node has a spatial output for this detector")
-    plan = schedule(len(candidates), eta=eta)
+    plan = schedule(len(candidates), rounds=MAX_ROUNDS if rounds is None else rounds, eta=eta)
     rows: list[NodeResult] = []
+    memo = FeatureMemo()
     for stage in plan:
-        fit, evaluation_r = round_data(train_images, evaluation, stage.budget, cfg.seed)
+        data = round_data(train_images, evaluation, stage.budget, cfg.seed)
+        fit, evaluation_r = data.train_images, data.evaluation
+        memo.keys = (data.train_keys, data.test_keys)
         round_cfg = round_config(cfg, candidates, stage.budget)
 
         def tell(label: str, done: int, total: int, stage: Round = stage) -> None:
@@ -135,10 +161,16 @@ def halving_sweep(
 
         round_settings = {**(settings or {}), "halving_round": stage.index, "halving_budget": stage.budget}
         folder = out_dir / "rounds" / str(stage.index)
-        rows = run_sweep(round_cfg, fit, evaluation_r, folder, tell, relative_rf, round_settings)
+        rows = run_sweep(
+            round_cfg, fit, evaluation_r, folder, tell, relative_rf, round_settings,
+            backbone=backbone, memo=memo,
+        )  # fmt: skip
         if stage.index == plan[-1].index and cfg.pairs > 1:  # pairs of the best, at the full budget
             pairs = top_pairs(rows, cfg.pairs, criterion_column)
-            rows = run_sweep(round_cfg, fit, evaluation_r, folder, tell, relative_rf, round_settings, pairs)
+            rows = run_sweep(
+                round_cfg, fit, evaluation_r, folder, tell, relative_rf, round_settings, pairs,
+                backbone=backbone, memo=memo,
+            )  # fmt: skip
         singles = [r for r in rows if COMBINATION_SEPARATOR not in r.node]
         ranked = sorted(
             (r for r in singles if not r.same_as and not math.isnan(r.value(criterion_column))),
@@ -146,6 +178,8 @@ def halving_sweep(
         )  # stable: ties keep graph order
         keep = {r.node for r in ranked[: math.ceil(len(ranked) / eta)]}  # a third of the distinct nodes
         candidates = [n for n in candidates if n in keep]
+        combined = {n for r in rows if COMBINATION_SEPARATOR in r.node for n in candidate_nodes(r.node)}
+        memo.keep_only(set(candidates) | combined)  # what the next round asks for
     # The last round's table where a selection folder has it (rounds/<r>/ keep every round).
     shutil.copyfile(folder / "nodes.csv", out_dir / "nodes.csv.tmp")
     os.replace(out_dir / "nodes.csv.tmp", out_dir / "nodes.csv")

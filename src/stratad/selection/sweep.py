@@ -317,9 +317,14 @@ def run_sweep(
     relative_rf: dict[str, float] | None = None,
     settings: dict[str, Any] | None = None,
     extra: Sequence[str] = (),
+    backbone: Any = None,
+    memo: FeatureMemo | None = None,
 ) -> list[NodeResult]:
     """Fit ``cfg.detector`` on ``train_images`` for every node, evaluate on ``evaluation``; ``extra``:
-    node combinations scored too (besides the default one, ``cfg.with_default``).
+    node combinations scored too (besides the default one, ``cfg.with_default``). ``backbone``: the
+    one ``cfg`` builds, when the caller has it already; ``memo``: features of earlier sweeps over
+    subsets of these images (successive halving), reused and added to when the nodes fit in one
+    chunk.
 
     Results go to ``out_dir/nodes.csv`` (one row per finished node, appended as it finishes). The
     folder is stamped (``sweep.json``) with every setting that changes a row, ``settings`` from the
@@ -336,7 +341,8 @@ def run_sweep(
     # The masks are the same for every node: label their defect regions once.
     step = effective_pixel_stride(cfg)
     truth = PixelTruth.from_masks(evaluation.masks, stride=step) if det_cls.localizes else None
-    backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
+    if backbone is None:
+        backbone = build_backbone(cfg.backbone, weights=cfg.weights, seed=cfg.seed)
     candidates = resolve_nodes(backbone, cfg.nodes)
     stamp = sweep_stamp(cfg, train_images, evaluation, backbone, settings or {})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,6 +376,8 @@ def run_sweep(
     combination_nodes = [n for n in infos if any(n in candidate_nodes(c) for c in combinations_todo)]
     # One chunk (the usual case): the combinations' nodes ride along in its backbone pass.
     ride_along = len(chunks) == 1 and bool(combinations_todo)
+    if len(chunks) > 1:  # a memo would hold every chunk at once
+        memo = None
     new_file = not results_path.exists()
     finished = n_candidates - len(todo) - len(combinations_todo)
     with open(results_path, "a", newline="") as handle:
@@ -394,7 +402,7 @@ def run_sweep(
 
             riders = [n for n in combination_nodes if n not in chunk] if ride_along else []
             wanted = [n for n in infos if n in chunk or n in riders]  # graph order
-            feats = _extract_chunk(backbone, wanted, cfg, train_images, evaluation, extracting)
+            feats = _extract_chunk(backbone, wanted, cfg, train_images, evaluation, extracting, memo)
             context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             aliases = _identical_nodes(chunk, context.train, context.test)
             unique = [n for n in chunk if n not in aliases]
@@ -409,7 +417,7 @@ def run_sweep(
                 del context, feats  # the chunk's features go before the next chunk is extracted
         if combinations_todo:  # with the chunk's features, or one more pass over their nodes
             if not ride_along:
-                feats = _extract_chunk(backbone, combination_nodes, cfg, train_images, evaluation)
+                feats = _extract_chunk(backbone, combination_nodes, cfg, train_images, evaluation, memo=memo)
                 context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             for combination in combinations_todo:
                 result = _describe(_score_node(context, combination), infos, None)
@@ -450,6 +458,21 @@ def _describe(result: NodeResult, infos: dict[str, Any], relative_rf: dict[str, 
     return result
 
 
+class FeatureMemo:
+    """Per-image features of the nodes of earlier sweeps, keyed by the image's position in the full
+    training and evaluation sets (``keys``: those positions for the sweep at hand). A backbone pass
+    gives an image the same features in any batch, so a reused feature equals a recomputed one."""
+
+    def __init__(self) -> None:
+        self.keys: tuple[np.ndarray, np.ndarray] | None = None
+        self.features: dict[str, dict[str, dict[int, torch.Tensor]]] = {"train": {}, "test": {}}
+
+    def keep_only(self, nodes: set[str]) -> None:
+        for by_node in self.features.values():
+            for node in [n for n in by_node if n not in nodes]:
+                del by_node[node]
+
+
 def _extract_chunk(
     backbone: Any,
     chunk: list[str],
@@ -457,8 +480,11 @@ def _extract_chunk(
     train_images: torch.Tensor,
     evaluation: EvalSet,
     progress: Callable[[int], None] | None = None,
+    memo: FeatureMemo | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """One backbone pass per image for all nodes of the chunk; float16 features, maps capped.
+    """One backbone pass per image for all nodes of the chunk; float16 features, maps capped. With a
+    ``memo``, images whose features it holds for every node of the chunk skip the pass, and the
+    features of the others are added to it.
 
     Each node's array is allocated once and filled batch by batch, so the chunk never exists twice
     in memory (a concatenation at the end would double the peak).
@@ -468,10 +494,17 @@ def _extract_chunk(
     extractor = NodeExtractor(backbone, chunk, device=cfg.device, reduce=cached_features(cfg))
     feats: dict[str, dict[str, torch.Tensor]] = {}
     done = 0
-    for role, images in (("train", train_images), ("test", evaluation.images)):
+    for r, (role, images) in enumerate((("train", train_images), ("test", evaluation.images))):
         filled: dict[str, torch.Tensor] = {}
-        for start in range(0, len(images), cfg.batch_size):
-            out = extractor(images[start : start + cfg.batch_size].float() / 255.0)
+        keys = None if memo is None or memo.keys is None else memo.keys[r]
+        known = memo.features[role] if memo is not None else {}
+        reuse = np.zeros(len(images), dtype=bool)
+        if keys is not None and all(n in known for n in chunk):
+            reuse = np.array([all(int(k) in known[n] for n in chunk) for k in keys], dtype=bool)
+        todo = np.flatnonzero(~reuse)
+        for start in range(0, len(todo), cfg.batch_size):
+            rows = todo[start : start + cfg.batch_size]
+            out = extractor(images[torch.from_numpy(rows)].float() / 255.0)
             first_of: dict[int, str] = {}
             for n in chunk:
                 part = out[n]
@@ -484,10 +517,29 @@ def _extract_chunk(
                     filled[n] = torch.empty(
                         (len(images), *part.shape[1:]), dtype=part.dtype, memory_format=layout
                     )
-                filled[n][start : start + len(part)] = part
-            done += min(cfg.batch_size, len(images) - start)
+                filled[n][torch.from_numpy(rows)] = part
+            done += len(rows)
             if progress is not None:
                 progress(done)
+        if reuse.any():
+            assert keys is not None
+            for n in chunk:
+                if n not in filled:  # every image of this role was known
+                    sample = known[n][int(keys[0])]
+                    layout = torch.channels_last if sample.ndim == 3 else torch.contiguous_format
+                    filled[n] = torch.empty(
+                        (len(images), *sample.shape), dtype=sample.dtype, memory_format=layout
+                    )
+                for i in np.flatnonzero(reuse):
+                    filled[n][i] = known[n][int(keys[i])]
+            done += int(reuse.sum())
+            if progress is not None:
+                progress(done)
+        if keys is not None and memo is not None:
+            for n in chunk:
+                by_key = known.setdefault(n, {})
+                for pos, key in enumerate(keys.tolist()):
+                    by_key.setdefault(key, filled[n][pos])
         feats[role] = filled
     return feats
 
