@@ -1,7 +1,8 @@
 """Feature selection with synthetic defects on MTD: the layout of Table 1 of Heckler & König.
 
 For each seed (a different MTD split, selection split and set of synthetic defects):
-1. a real-test sweep: PatchCore fitted on the training split for EVERY node, evaluated on the real
+1. a real-test sweep: the detector (``--detector``, PatchCore by default) fitted on the training
+   split for EVERY node (``--nodes``), evaluated on the real
    test split (masks at original resolution) -> mean over nodes (baseline) and best node (oracle);
 2. for each defect kind, `select_features` on the good training images only -> the selected
    node, whose real-test P_h is read from the sweep of step 1;
@@ -10,6 +11,9 @@ Everything is cached in --work (resumable); the summary (mean +- std over seeds)
 
     .venv/bin/python benchmarks/selection_table.py --seeds 0,1,2 --kinds simple,cutpaste,nsa \\
         --work runs/selection --out benchmarks/results/selection_mtd.json
+    .venv/bin/python benchmarks/selection_table.py --detector simplenet -p epochs=16 --seeds 0 \\
+        --kinds nsa,cutpaste --nodes 'blocks.*.*.add,blocks.0.0,blocks.6.0' --work runs/sel_simplenet \\
+        --out benchmarks/results/selection_mtd_simplenet.json
 """
 
 from __future__ import annotations
@@ -48,14 +52,20 @@ def real_masks(records: list[Any]) -> list[np.ndarray]:
 
 
 def official_p_h(
-    cache: Path, candidate: str, train: list[Any], test: list[Any], params: dict[str, Any], seed: int
+    cache: Path,
+    candidate: str,
+    train: list[Any],
+    test: list[Any],
+    params: dict[str, Any],
+    seed: int,
+    detector: str = "patchcore",
 ) -> float:
     """Real-test P_h of `candidate` fitted on `train` through the Pipeline (official resolution)."""
     if cache.is_file():
         return float(json.loads(cache.read_text())["p_h"])
     pipe = Pipeline(
         nodes=candidate_nodes(candidate),
-        detector="patchcore",
+        detector=detector,
         image_size=256,
         detector_params=params,
         seed=seed,
@@ -81,7 +91,14 @@ def main() -> None:
     parser.add_argument("--nodes", default="all")
     parser.add_argument("--max-grid", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("-p", "--param", action="append", default=[], help="PatchCore option key=value")
+    parser.add_argument("--detector", default="patchcore")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        help="detector option key=value (PatchCore: coreset 1000)",
+    )
     parser.add_argument("--default-nodes", default="blocks.2,blocks.4")
     parser.add_argument(
         "--exact-selection",
@@ -98,13 +115,14 @@ def main() -> None:
     args = parser.parse_args()
     if not (MTD / "MT_Free").is_dir():
         sys.exit(f"needs the MTD dataset at {MTD}")
-    params: dict[str, Any] = {"coreset_size": 1000, **dict(p.split("=", 1) for p in args.param)}
+    base: dict[str, Any] = {"coreset_size": 1000} if args.detector == "patchcore" else {}
+    params: dict[str, Any] = {**base, **dict(p.split("=", 1) for p in args.param)}
     per_seed = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         split = load_dataset(MTD, "mtd", seed=seed)
         cfg = SweepConfig(
             nodes=args.nodes.split(","),
-            detector="patchcore",
+            detector=args.detector,
             detector_params=params,
             max_grid=args.max_grid,
             workers=args.workers,
@@ -163,6 +181,7 @@ def main() -> None:
                     split.test,
                     params,
                     seed,
+                    args.detector,
                 )
                 for final in ("all", "selection")
             }
@@ -182,7 +201,7 @@ def main() -> None:
         else:
             pipe = Pipeline(
                 nodes=args.default_nodes.split(","),
-                detector="patchcore",
+                detector=args.detector,
                 image_size=256,
                 detector_params=params,
                 seed=seed,
@@ -219,6 +238,7 @@ def main() -> None:
     }
     payload = {
         "settings": {
+            "detector": args.detector,
             "max_grid": args.max_grid,
             "params": params,
             "nodes": args.nodes,

@@ -1,7 +1,8 @@
 """One trained detector on single nodes of EfficientNet-Lite0 on MTD: the per-layer table of Fig. 3 of
 the extractor study (Heckler, König, Bergmann). Each node gets its own training run on the MTD training
-split (256 px, the detector's default budget unless -p says otherwise) and is evaluated on the real test
-split; the JSON holds every row and the spread (best - worst) of image AUROC and P_h.
+split (256 px, the detector's default budget unless -p says otherwise; ``--n-train N``: its first N
+images) and is evaluated on the real test split; the JSON holds every row and the spread (best -
+worst) of image AUROC and P_h.
 
     .venv/bin/python benchmarks/trainable_layers.py --detector fastflow \\
         --nodes blocks.1,blocks.2,blocks.3,blocks.4,blocks.5 --out benchmarks/results/fastflow_layers_mtd.json
@@ -35,17 +36,19 @@ def main() -> None:
     parser.add_argument("--detector", default="fastflow")
     parser.add_argument("--nodes", default="blocks.1,blocks.2,blocks.3,blocks.4,blocks.5")
     parser.add_argument("-p", "--param", action="append", default=[], help="detector option key=value")
+    parser.add_argument("--n-train", type=int, help="the first N training images (default: all)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not (MTD / "MT_Free").is_dir():
         sys.exit(f"needs the MTD dataset at {MTD}")
     split = load_dataset(MTD, "mtd")
+    train = split.train[: args.n_train]
     params: dict[str, Any] = dict(p.split("=", 1) for p in args.param)
     rows = []
     for node in args.nodes.split(","):
         pipe = Pipeline(nodes=[node], detector=args.detector, image_size=256, detector_params=params)
         t0 = time.perf_counter()
-        pipe.fit(split.train)
+        pipe.fit(train)
         fit_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         metrics, _ = evaluate_pipeline(pipe, split.test)
@@ -65,7 +68,7 @@ def main() -> None:
     payload = {
         "detector": args.detector,
         "params": params,
-        "n_train": len(split.train),
+        "n_train": len(train),
         "rows": rows,
         "spread_best_minus_worst": spread,
     }

@@ -33,6 +33,10 @@ EXPORTABLE = {
         "detector_params": {"epochs": 3, "hidden": 32, "node_dim": 64, "target_dim": 64},
     },
     "fastflow": {"nodes": ["blocks.2", "blocks.3"], "detector_params": {"steps": 5, "flow_steps": 2}},
+    "ast": {
+        "nodes": ["blocks.2", "blocks.3"],
+        "detector_params": {"epochs": 2, "student_hidden": 16, "student_blocks": 1, "teacher_hidden": 8},
+    },
 }
 
 

@@ -314,7 +314,11 @@ class Pipeline:
         return train
 
     def fit_features(self, train: FeatureBatch) -> Pipeline:
+        """Fit the detector on extracted features; a trained detector trains on the pipeline's device
+        (``--device cuda``) and keeps its fitted state on the CPU."""
         t0 = time.perf_counter()
+        if hasattr(self.detector, "train_device"):
+            self.detector.train_device = self.config.device
         self.detector.fit(train)
         self.timings_ = {**getattr(self, "timings_", {}), "detector_fit_s": time.perf_counter() - t0}
         self._detector_module: Any = None

@@ -31,6 +31,7 @@ CONFIGS: dict[str, list[dict[str, object]]] = {
     "spade": [{"image_neighbours": 4, "combine": "sum"}, {"image_neighbours": 4, "combine": "concat"}],
     "gde": [{}],
     "fastflow": [{"steps": 60, "flow_steps": 4, "batch_size": 8}],
+    "ast": [{"epochs": 15, "student_hidden": 32, "student_blocks": 2, "teacher_hidden": 16}],
     "simplenet": [
         {"epochs": 40, "hidden": 32, "node_dim": 64, "target_dim": 64},
         {"epochs": 40, "hidden": 32, "embedding": "average"},

@@ -21,7 +21,8 @@ def _features(n: int, seed: int) -> FeatureBatch:
 
 def test_the_official_settings_and_layers() -> None:
     c = SimpleNetConfig()
-    assert (c.epochs, c.batch_size, c.noise_std, c.margin, c.hidden) == (160, 8, 0.015, 0.5, 1024)
+    assert (c.epochs, c.batch_size, c.margin, c.hidden) == (160, 8, 0.5, 1024)
+    assert (c.noise_std, c.noise_scale) == (0.5, "feature")  # stratad's; official 0.015 absolute
     assert (c.adaptor_lr, c.discriminator_lr, c.weight_decay) == (1e-4, 2e-4, 1e-5)
     assert (c.patch_size, c.node_dim, c.target_dim) == (3, 1536, 1536)
     assert c.embedding == "unfold"  # the official MeanMapper / Aggregator patch features
@@ -35,6 +36,23 @@ def test_the_official_settings_and_layers() -> None:
         layers == ["Linear", "BatchNorm1d", "LeakyReLU"] and det.discriminator_.body[2].negative_slope == 0.2
     )
     assert det.discriminator_.tail.bias is None and tuple(det.discriminator_.tail.weight.shape) == (1, 1024)
+
+
+def test_the_noise_follows_the_feature_scale_or_is_absolute() -> None:
+    """``noise_scale=feature``: sigma is noise_std times the mean per-dimension std of the training
+    patch features, so scaling the features scales the noise; ``absolute`` keeps it fixed."""
+    small = {"epochs": 1, "hidden": 8, "embedding": "average"}
+    x = _features(4, 0)
+    det = build_detector("simplenet", noise_std=0.5, **small).fit(x)
+    emb = det.embed(x)
+    expected = 0.5 * float(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).std(dim=0).mean())
+    assert det.noise_sigma_ == expected
+    tenfold = build_detector("simplenet", noise_std=0.5, **small).fit(
+        FeatureBatch({"a": 10 * x.features["a"]}, x.image_size)
+    )
+    assert abs(tenfold.noise_sigma_ / det.noise_sigma_ - 10) < 1e-4
+    official = build_detector("simplenet", noise_std=0.015, noise_scale="absolute", **small).fit(x)
+    assert official.noise_sigma_ == 0.015
 
 
 def test_training_lowers_the_loss_and_is_seeded() -> None:

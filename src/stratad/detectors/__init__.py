@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stratad.detectors import dn2, fastflow, gaussian, gde, padim, patchcore, simplenet, spade  # noqa: F401  (registration)
+from stratad.detectors import ast, dn2, fastflow, gaussian, gde, padim, patchcore, simplenet, spade  # noqa: F401  (registration)
 from stratad.detectors.base import (
     Detector,
     DetectorConfig,

@@ -141,6 +141,8 @@ class FastFlow(Detector):
         self.losses_: list[float] = []
         #: called after every step with (step, steps, loss, seconds so far)
         self.progress: Callable[[int, int, float, float], None] | None = None
+        #: the device training runs on (the pipeline's); the fitted flows come back to the CPU
+        self.train_device = "cpu"
 
     def _inputs(self, batch: FeatureBatch) -> list[torch.Tensor]:
         return [spatial(node, x).float() for node, x in batch.items()]
@@ -156,7 +158,8 @@ class FastFlow(Detector):
                 f"FastFlow's coupling blocks need at least 2 channels; node {thin[0]!r} has 1"
             )
         n = int(inputs[0].shape[0])
-        flows = seeded_flows([tuple(int(s) for s in x.shape[1:]) for x in inputs], c)
+        device = torch.device(self.train_device)
+        flows = seeded_flows([tuple(int(s) for s in x.shape[1:]) for x in inputs], c).to(device)
         optimiser = torch.optim.Adam(flows.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         generator = torch.Generator().manual_seed(c.seed)
         flows.train()
@@ -170,9 +173,9 @@ class FastFlow(Detector):
                     order, at = torch.randperm(n, generator=generator), 0
                 rows = order[at : at + c.batch_size]
                 at += c.batch_size
-                loss = torch.zeros(())
+                loss = torch.zeros((), device=device)
                 for flow, x in zip(flows, inputs, strict=True):
-                    z, log_jac = flow(x[rows])
+                    z, log_jac = flow(x[rows].to(device))
                     loss = loss + (0.5 * z.square().sum(dim=(1, 2, 3)) - log_jac).mean()
                 optimiser.zero_grad()
                 loss.backward()
@@ -180,7 +183,7 @@ class FastFlow(Detector):
                 self.losses_.append(float(loss.detach()))
                 if self.progress is not None:
                     self.progress(step + 1, c.steps, self.losses_[-1], time.perf_counter() - t0)
-        self.flows_ = flows.eval().requires_grad_(False)
+        self.flows_ = flows.cpu().eval().requires_grad_(False)
         return self
 
     def score(self, test: FeatureBatch) -> Scores:

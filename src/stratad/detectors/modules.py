@@ -415,3 +415,22 @@ class FastFlowModule(DetectorModule):
 
         maps = fastflow_maps(list(self.flows), [features[n].float() for n in self.nodes])
         return maps.flatten(1).amax(dim=1), maps
+
+
+class ASTModule(DetectorModule):
+    """AST's teacher and student on the nodes joined on the first node's grid; the map is the
+    student-teacher distance, the image score its maximum (or mean)."""
+
+    def __init__(self, detector: object, nodes: Sequence[str], networks: nn.Module, image_score: str) -> None:
+        import copy
+
+        super().__init__(detector, nodes)
+        self.networks = copy.deepcopy(networks).eval().requires_grad_(False)  # its own state
+        self.image_score = image_score
+
+    def traced(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from stratad.detectors.ast import ast_scores, join_nodes
+        from stratad.features.patch import spatial
+
+        x = join_nodes([spatial(n, features[n]).float() for n in self.nodes])
+        return ast_scores(self.networks, x, self.image_score)  # type: ignore[arg-type]

@@ -219,6 +219,8 @@ def _predict_node(context: ChunkContext, node: str) -> CandidatePredictions:
     test = {n: context.test[n] for n in nodes}
     size = (cfg.image_size, cfg.image_size)
     det = build_seeded_detector(cfg.detector, sweep_detector_params(cfg), cfg.seed)
+    if cfg.device and hasattr(det, "train_device"):  # a trained detector trains on the sweep's device
+        det.train_device = cfg.device
     if not det.accepts_float16:
         train = {n: f.float() for n, f in train.items()}
         test = {n: f.float() for n, f in test.items()}
