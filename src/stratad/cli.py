@@ -280,6 +280,58 @@ def fit(
 
 
 @app.command()
+@grouped(source=data_source, report=reporter)
+def adapt(
+    source: DataSource,
+    out: Annotated[
+        Path, typer.Option("--out", help="adapted weights (.safetensors) for --weights of any command")
+    ],
+    report: Reporter,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: WeightsOpt = "imagenet",
+    image_size: ImageSizeOpt = 256,
+    method: Annotated[
+        str, typer.Option(help="compact (compactness loss) or oe (outlier exposure, a logistic head)")
+    ] = "compact",
+    variant: Annotated[
+        str, typer.Option(help="against collapse: early, ses (sample-wise early stopping), ewc, none")
+    ] = "early",
+    epochs: Annotated[int, typer.Option(help="passes over the training images (PANDA: 15)")] = 15,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="more options key=value: lr, batch_size, clip, ewc_lambda, ..."),
+    ] = None,
+    outliers: Annotated[
+        Path | None, typer.Option(help="--method oe: a folder of outlier images (default: synthetic defects)")
+    ] = None,
+    outlier_defects: Annotated[
+        str, typer.Option(help="--method oe without --outliers: the synthetic defect kind")
+    ] = "cutpaste",
+    fisher_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="--variant ewc: generic images for the Fisher information (default: scikit-image's)"
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """PANDA: adapt a backbone's last stages to the good training images (resumable)."""
+    from stratad.workflows import adapt_to_file
+
+    params = {"variant": variant, "epochs": str(epochs), **parse_params(param)}
+    run = adapt_to_file(
+        source, out, backbone, weights, image_size, method, params, outliers, outlier_defects,
+        fisher_images, device, report,
+    )  # fmt: skip
+    r = run.result
+    console.print(
+        f"adapted on {run.n_train} images in {r.seconds:.1f} s: "
+        f"loss {r.losses[0]:.5f} -> {r.losses[-1]:.5f}, "
+        f"feature spread {r.spread[0]:.3f} -> {r.spread[-1]:.3f} -> {out}"
+    )
+
+
+@app.command()
 @grouped(report=reporter)
 def predict(
     model: Annotated[

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from stratad._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from stratad.workflows.adapt import AdaptRun, adapt_to_file
     from stratad.workflows.fit import FitResult, fit_to_file
     from stratad.workflows.predict import (
         MapFormat,
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "AdaptRun": "adapt",
+    "adapt_to_file": "adapt",
     "FitResult": "fit",
     "fit_to_file": "fit",
     **dict.fromkeys(
@@ -68,11 +71,13 @@ _WHERE = {
 }
 __getattr__ = lazy_attributes(__name__, _WHERE)
 __all__ = [
+    "AdaptRun",
     "FitResult",
     "MapFormat",
     "OverlayFormat",
     "PredictSummary",
     "SweepRun",
+    "adapt_to_file",
     "analyze_sweeps",
     "check_sweep_setup",
     "encode_png16",

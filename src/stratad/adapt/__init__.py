@@ -1,0 +1,7 @@
+"""Adapting a pretrained backbone to the normal images: PANDA (:mod:`stratad.adapt.panda`)."""
+
+from __future__ import annotations
+
+from stratad.adapt.panda import AdaptConfig, AdaptResult, Variant, adapt, ses_scores
+
+__all__ = ["AdaptConfig", "AdaptResult", "Variant", "adapt", "ses_scores"]
