@@ -142,7 +142,7 @@ def test_adapted_weights_reload_with_weights_and_score_identically(tiny_mvtec: P
     np.testing.assert_array_equal(a.image_scores, b.image_scores)
     original = Pipeline(detector="dn2", image_size=64).fit(split.train).predict(split.test)
     assert not np.array_equal(a.image_scores, original.image_scores)  # the adaptation changed something
-    with pytest.raises(StratadError, match="must be a .safetensors file"):
+    with pytest.raises(StratadError, match=r"must be a \.safetensors file"):
         adapt_to_file(source, tmp_path / "x.pt")
     with pytest.raises(StratadError, match="--method must be"):
         adapt_to_file(source, tmp_path / "x.safetensors", method="svdd")
