@@ -132,3 +132,35 @@ def test_densenet_hub_file_with_legacy_keys_loads(tmp_path: Path, monkeypatch: p
     path.parent.mkdir(parents=True)
     torch.save(legacy, path)
     assert _same_weights(build_backbone("densenet201").model, reference.model)
+
+
+def test_self_supervised_checkpoint_layouts_load_with_a_note(tmp_path: Path) -> None:
+    """MoCo (``module.encoder_q.*`` with an MLP fc and the momentum encoder), SwAV (projection head
+    and prototypes beside the encoder) and DINO (the bare encoder without fc): the encoder loads, the
+    heads are dropped, the classifier stays the model's own, and the backbone says so."""
+    reference = build_backbone("resnet18", weights="random", seed=3).model.state_dict()
+    encoder = {k: v for k, v in reference.items() if not k.startswith("fc.")}
+    moco = {
+        **{f"module.encoder_q.{k}": v for k, v in encoder.items()},
+        **{f"module.encoder_k.{k}": v + 1 for k, v in encoder.items()},
+        "module.encoder_q.fc.0.weight": torch.zeros(512, 512),
+        "module.encoder_q.fc.2.weight": torch.zeros(128, 512),
+        "module.queue": torch.zeros(128, 10),
+    }
+    swav = {
+        **encoder,
+        "projection_head.0.weight": torch.zeros(2048, 512),
+        "prototypes.weight": torch.zeros(30, 128),
+    }
+    for name, state in (("moco", {"state_dict": moco, "epoch": 200}), ("swav", swav), ("dino", encoder)):
+        path = tmp_path / f"{name}.pth"
+        torch.save(state, path)
+        loaded = build_backbone("resnet18", weights=path)
+        got = loaded.model.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in encoder.items()), name
+        assert "classifier fc kept from initialisation" in loaded.weights, loaded.weights
+    assert "encoder encoder_q" in build_backbone("resnet18", weights=tmp_path / "moco.pth").weights
+    assert (
+        "dropped heads projection_head, prototypes"
+        in build_backbone("resnet18", weights=tmp_path / "swav.pth").weights
+    )

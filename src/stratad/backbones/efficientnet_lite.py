@@ -130,7 +130,8 @@ def _lite_backbone(variant: int, weights: WeightSource) -> Backbone:
             description = f"file {weights.path}"
         if is_efficientnet_pytorch_state(state):
             state = timm_keys(state, model)
-        load_strict(model, state, name, origin)
+        note = load_strict(model, state, name, origin)
+        description += f" ({note})" if note else ""
     return Backbone(
         name=name,
         model=model.eval(),

@@ -67,7 +67,8 @@ def _torchvision_backbone(
             path = weights.path
             description = f"file {path}"
         state = read_state_dict(path)
-        load_strict(model, remap(state) if remap else state, name, path)
+        note = load_strict(model, remap(state) if remap else state, name, path)
+        description += f" ({note})" if note else ""
     return Backbone(
         name=name,
         model=model.eval(),

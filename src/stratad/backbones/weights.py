@@ -88,7 +88,69 @@ def _clean_state_dict(raw: Any, path: Path) -> StateDict:
     return state
 
 
-def load_strict(model: nn.Module, state: StateDict, backbone_name: str, origin: Path) -> None:
+#: encoder prefixes of self-supervised checkpoints: MoCo (``encoder_q.``, its momentum copy
+#: ``encoder_k.`` dropped), BYOL / mmselfsup (``backbone.``, ``online_network.encoder.``), PixPro
+#: (``encoder.``)
+_ENCODER_PREFIXES = ("encoder_q.", "online_network.encoder.", "backbone.", "encoder.")
+#: heads that self-supervised checkpoints carry instead of the classifier: SwAV / SimCLR / DINO /
+#: BYOL projection heads, prototypes, predictors, and MoCo's replaced fc
+_HEAD_PREFIXES = (
+    "projection_head.",
+    "prototypes.",
+    "head.",
+    "predictor.",
+    "projector.",
+    "fc.",
+    "classifier.",
+)
+
+
+def self_supervised_layout(model: nn.Module, state: StateDict) -> tuple[StateDict, str]:
+    """Map a self-supervised checkpoint onto ``model``'s keys: keep the encoder (MoCo's
+    ``encoder_q.``, ``backbone.``, ...; SwAV / SimCLR / DINO files are the bare encoder), drop the
+    projection heads, and keep the model's own classifier where the file has none (its weights are
+    then the model's initialisation: features before the classifier are what detectors use).
+    Returns the state to load and a note naming what was done ("" when the file fits as it is)."""
+    expected = model.state_dict()
+    if set(state) == set(expected):
+        return state, ""
+    notes = []
+    for prefix in _ENCODER_PREFIXES:
+        inside = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if inside and sum(k in expected for k in inside) > len(inside) // 2:
+            state, notes = inside, [f"encoder {prefix.rstrip('.')}"]
+            break
+    heads = sorted({k.split(".")[0] for k in state if k.startswith(_HEAD_PREFIXES) and k not in expected})
+    shaped = {k for k, v in state.items() if k in expected and v.shape != expected[k].shape}
+    heads += sorted({k.split(".")[0] for k in shaped if k.startswith(_HEAD_PREFIXES)} - set(heads))
+    if heads:
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+        notes.append(f"dropped heads {', '.join(heads)}")
+    present = {k.split(".")[0] for k in state}
+    # A head the file lacks entirely is kept; a head with some tensors missing stays an error.
+    kept = [
+        k for k in expected
+        if k.startswith(_HEAD_PREFIXES) and k.split(".")[0] not in present
+        and not k.endswith(".num_batches_tracked")
+    ]  # fmt: skip
+    if kept:
+        state = {**state, **{k: expected[k] for k in kept}}
+        notes.append(
+            f"classifier {', '.join(sorted({k.split('.')[0] for k in kept}))} kept from initialisation"
+        )
+    used = sum(1 for k in state if k in expected and k not in kept)
+    return state, "; ".join([*notes, f"{used} tensors from the file"]) if notes else ""
+
+
+def load_strict(model: nn.Module, state: StateDict, backbone_name: str, origin: Path) -> str:
+    """Load ``state`` into ``model`` after mapping self-supervised layouts
+    (:func:`self_supervised_layout`); returns that mapping's note ("" when none was needed)."""
+    state, note = self_supervised_layout(model, state)
+    _load_exactly(model, state, backbone_name, origin)
+    return note
+
+
+def _load_exactly(model: nn.Module, state: StateDict, backbone_name: str, origin: Path) -> None:
     """``load_state_dict(strict=True)`` with a message that names the first mismatched keys."""
     expected = model.state_dict()
     # BatchNorm fills a missing num_batches_tracked itself (files from before torch 0.4.1 lack it).
