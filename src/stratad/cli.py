@@ -333,6 +333,45 @@ def adapt(
 
 @app.command()
 @grouped(report=reporter)
+def pretrain(
+    data: Annotated[Path, typer.Option("--data", help="a folder of images (a dataset: its training split)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="pretrained weights (.safetensors) for --weights of any command")
+    ],
+    report: Reporter,
+    method: Annotated[str, typer.Option(help="pixpro or ds2")] = "pixpro",
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: Annotated[
+        str, typer.Option(help="starting weights: imagenet, random, or a weights file")
+    ] = "imagenet",
+    epochs: Annotated[int, typer.Option(help="passes over the images (the paper: 400, GPU work)")] = 1,
+    image_size: Annotated[int, typer.Option(help="side of each augmented view (PixPro: 224)")] = 224,
+    batch_size: Annotated[int, typer.Option(help="images per step (two views each)")] = 16,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="more options key=value: lr, inner_dim, out_dim, delta, pos_ratio"
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Dense self-supervised pretraining (PixPro, DS2) of a backbone (resumable)."""
+    from stratad.workflows import pretrain_to_file
+
+    params = {
+        "method": method, "epochs": str(epochs), "image_size": str(image_size), "batch_size": str(batch_size),
+        **parse_params(param),
+    }  # fmt: skip
+    run = pretrain_to_file(data, out, backbone, weights, params, max(256, image_size), device, report)
+    r = run.result
+    console.print(
+        f"pretrained on {run.images} images, {sum(r.epoch_seconds):.1f} s: "
+        f"loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f} -> {out}"
+    )
+
+
+@app.command()
+@grouped(report=reporter)
 def predict(
     model: Annotated[
         Path, typer.Option("--model", help="model file: .stratad, or .onnx from `stratad export`")

@@ -216,11 +216,11 @@ class DenseModel(nn.Module):
         return [out[n] for n in self.nodes]
 
 
-def scale_nodes(backbone: Backbone, method: Method) -> list[str]:
+def scale_nodes(backbone: Backbone, method: Method | str) -> list[str]:
     """The stage ends PixPro (the last) or DS2 (the last two) learns on."""
     from stratad.backbones import resolve_nodes
 
-    stages = list(backbone.stages[-2:] if method is Method.ds2 else backbone.stages[-1:])
+    stages = list(backbone.stages[-2:] if Method(method) is Method.ds2 else backbone.stages[-1:])
     return resolve_nodes(backbone, stages)
 
 

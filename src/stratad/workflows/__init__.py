@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         read_png16_map,
         write_synthetic_set,
     )
+    from stratad.workflows.pretrain import PretrainRun, pretrain_to_file
     from stratad.workflows.study import (
         SweepRun,
         analyze_sweeps,
@@ -41,6 +42,8 @@ _WHERE = {
     "adapt_to_file": "adapt",
     "FitResult": "fit",
     "fit_to_file": "fit",
+    "PretrainRun": "pretrain",
+    "pretrain_to_file": "pretrain",
     **dict.fromkeys(
         [
             "MapFormat",
@@ -76,6 +79,7 @@ __all__ = [
     "MapFormat",
     "OverlayFormat",
     "PredictSummary",
+    "PretrainRun",
     "SweepRun",
     "adapt_to_file",
     "analyze_sweeps",
@@ -86,6 +90,7 @@ __all__ = [
     "fit_to_file",
     "load_model",
     "predict_to_folder",
+    "pretrain_to_file",
     "read_png16_map",
     "receptive_field_report",
     "select_to_folder",
