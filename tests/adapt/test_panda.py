@@ -102,6 +102,27 @@ def test_outlier_exposure_trains_a_head_against_the_outliers() -> None:
         adapt(build_backbone("efficientnet_lite0"), _images(8, 0), cfg)
 
 
+def test_ewc_uses_the_pretrained_classifier_and_refuses_an_untrained_one() -> None:
+    cfg = AdaptConfig(epochs=2, batch_size=4, lr=0.1, clip=1.0, variant="ewc")  # type: ignore[arg-type]
+    free = AdaptConfig(epochs=2, batch_size=4, lr=0.1, clip=1.0)
+    train = _images(8, 0)
+    held = adapt(build_backbone("efficientnet_lite0"), train, cfg, fisher_images=_images(3, 9))
+    loose = adapt(build_backbone("efficientnet_lite0"), train, free)
+    assert held.losses[-1] > loose.losses[-1]  # the penalty grows as the weights move
+    from stratad.adapt.panda import fisher_diagonal
+
+    backbone = build_backbone("efficientnet_lite0")
+    names = trainable_names(backbone)
+    fisher = fisher_diagonal(backbone, names, _images(3, 9), seed=0, device=torch.device("cpu"))
+    assert set(fisher) == set(names) and all(float(f.min()) >= 0 for f in fisher.values())
+    assert sum(float(f.sum()) for f in fisher.values()) > 0
+    with pytest.raises(StratadError, match="classifier is not pretrained"):
+        adapt(build_backbone("efficientnet_lite0", weights="random"), train, cfg)
+    oe = AdaptConfig(epochs=1, outlier_exposure=True, variant="ses")  # type: ignore[arg-type]
+    with pytest.raises(StratadError, match="is for the compactness loss"):
+        adapt(build_backbone("efficientnet_lite0"), train, oe, outliers=_images(4, 2))
+
+
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     cfg = AdaptConfig(epochs=3, batch_size=4, lr=0.1, clip=1.0, variant="ses")  # type: ignore[arg-type]
     train = _images(8, 0)
@@ -142,6 +163,15 @@ def test_adapted_weights_reload_with_weights_and_score_identically(tiny_mvtec: P
     np.testing.assert_array_equal(a.image_scores, b.image_scores)
     original = Pipeline(detector="dn2", image_size=64).fit(split.train).predict(split.test)
     assert not np.array_equal(a.image_scores, original.image_scores)  # the adaptation changed something
+    ses_out = tmp_path / "ses.safetensors"
+    ses = adapt_to_file(
+        source, ses_out, image_size=64, params={"epochs": "2", "batch_size": "4", "variant": "ses"}
+    )
+    from stratad.adapt import load_ses_checkpoints
+
+    loaded_ses = load_ses_checkpoints(tmp_path / "ses.ses.safetensors")
+    assert [e for e, _ in loaded_ses] == [1, 2]
+    assert all(torch.equal(loaded_ses[1][1][k], v) for k, v in ses.result.checkpoints[1][1].items())
     with pytest.raises(StratadError, match=r"must be a \.safetensors file"):
         adapt_to_file(source, tmp_path / "x.pt")
     with pytest.raises(StratadError, match="--method must be"):

@@ -324,7 +324,9 @@ def test_halving_schedule_keeps_a_third_and_triples_the_budget() -> None:
     assert [(r.budget, r.candidates) for r in schedule(5)] == [(1.0, 5)]
 
 
-def test_halving_ends_with_the_exhaustive_rows_of_the_promoted_nodes_and_the_default(tmp_path: Path) -> None:
+def test_halving_ends_with_the_exhaustive_rows_of_the_promoted_nodes_and_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The last round runs the full budget: its rows equal the exhaustive sweep's for those nodes
     (with the features of the earlier rounds' images reused), and the default combination is scored
     in every round."""
@@ -336,7 +338,18 @@ def test_halving_ends_with_the_exhaustive_rows_of_the_promoted_nodes_and_the_def
         weights="random", nodes=["blocks.2*"], image_size=64, batch_size=8, with_default=True,
         detector_params={"coreset_size": 60},
     )  # fmt: skip
+    from stratad.selection import sweep as sweep_module
+
+    memos: list[sweep_module.FeatureMemo] = []
+
+    class Spy(sweep_module.FeatureMemo):
+        def __init__(self) -> None:
+            super().__init__()
+            memos.append(self)
+
+    monkeypatch.setattr(sweep_module, "FeatureMemo", Spy)
     halved = select_features(train, cfg, tmp_path / "halved", defects="simple", halving=True)
+    assert memos and memos[0].reused > 0  # the last round took the first round's images from the memo
     exhaustive = select_features(train, cfg, tmp_path / "all", defects="simple")
     rounds = sorted(p.name for p in (tmp_path / "halved" / "rounds").iterdir())
     assert rounds == ["0", "1"]

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from stratad.adapt.panda import AdaptConfig, AdaptResult, Variant, adapt, ses_scores
+from stratad.adapt.panda import AdaptConfig, AdaptResult, Variant, adapt, load_ses_checkpoints, ses_scores
 
-__all__ = ["AdaptConfig", "AdaptResult", "Variant", "adapt", "ses_scores"]
+__all__ = ["AdaptConfig", "AdaptResult", "Variant", "adapt", "load_ses_checkpoints", "ses_scores"]

@@ -11,8 +11,10 @@ As in the official code:
   statistics (the network stays in eval mode);
 - SGD, lr 1e-2, momentum 0.9, weight decay 5e-5, gradient-norm clipping 1e-3, batches of 32,
   15 epochs;
-- scoring is kNN (k = 2, the sum of squared distances) on the adapted pooled features: stratad's
-  ``dn2`` detector with ``--weights`` the adapted file.
+- scoring is kNN (k = 2, the sum of squared distances) on the adapted pooled features
+  (:func:`knn_scores`, what the benchmark reports); stratad's ``dn2`` detector with ``--weights`` the
+  adapted file scores the mean Euclidean distance to the 2 nearest instead, which may rank images
+  slightly differently.
 
 Against collapse (``variant``):
 - ``early``: train a fixed number of epochs (the official code's 15) and stop;
@@ -25,12 +27,14 @@ Against collapse (``variant``):
   data exists on these machines: ``F`` is computed from the classifier's own predictive distribution
   (one label sampled from its softmax per image) on the training images and the colour images that
   ship inside scikit-image (or a folder the user gives);
-- ``none``: no protection (the collapse demonstration).
+- ``none``: no protection (the collapse demonstration; with the same epochs it trains exactly as
+  ``early``, whose protection is only the fixed small number of epochs).
 
 Outlier exposure (``outliers``): a logistic head on the pooled features trained with the backbone's
 last stages to tell normal images (0) from outliers (1), binary cross-entropy, SGD lr 1e-2 momentum
 0.9 without weight decay, clipping 1e-3 (official ``outlier_exposure.py``); the outliers are the
-images of a folder, or synthetic defects (stratad's ``synth``) made on the training images.
+images of a folder, or synthetic defects (stratad's ``synth``) made on the training images. The
+official outlier-exposure script trains 75 epochs; stratad's default stays 15 (``-p epochs=75``).
 """
 
 from __future__ import annotations
@@ -266,6 +270,18 @@ def adapt(
         raise StratadError("PANDA needs at least 2 training images")
     if c.outlier_exposure and (outliers is None or len(outliers) == 0):
         raise StratadError("outlier exposure needs outlier images (a folder, or synthetic defects)")
+    if c.outlier_exposure and variant is not Variant.early:
+        raise StratadError(
+            f"outlier exposure trains a fixed number of epochs; --variant {variant.value} is for the "
+            "compactness loss"
+        )
+    if variant is Variant.ewc and (
+        "random" in backbone.weights or "kept from initialisation" in backbone.weights
+    ):
+        raise StratadError(
+            f"EWC needs the pretraining classifier, but {backbone.name}'s classifier is not pretrained "
+            f"({backbone.weights}); use --variant early or ses"
+        )
     model = backbone.model
     names = trainable_names(backbone, c.trainable_stages)
     for name, p in model.named_parameters():
@@ -395,6 +411,20 @@ def _save_resume(path: Path, payload: dict[str, Any]) -> None:
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def load_ses_checkpoints(path: Path) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """The checkpoints ``stratad adapt --variant ses`` wrote (``<out stem>.ses.safetensors``), in
+    epoch order, ready for :func:`ses_scores`."""
+    from safetensors.torch import load_file
+
+    by_epoch: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(path)).items():
+        head, _, name = key.partition(".")
+        if not head.startswith("epoch") or not head[5:].isdigit() or not name:
+            raise StratadError(f"{path} is not a file of SES checkpoints (key {key!r})")
+        by_epoch.setdefault(int(head[5:]), {})[name] = tensor
+    return sorted(by_epoch.items())
 
 
 def knn_scores(train: torch.Tensor, test: torch.Tensor, k: int = 2) -> torch.Tensor:

@@ -311,7 +311,10 @@ class AST(Detector):
                 order = torch.randperm(n, generator=generator)
                 losses = []
                 for start in range(0, n, c.batch_size):
-                    loss = loss_of(x[order[start : start + c.batch_size]].to(device))
+                    rows = order[start : start + c.batch_size]
+                    if len(rows) < 2 and n >= 2:  # the student's BatchNorm needs two (official: drop_last)
+                        continue
+                    loss = loss_of(x[rows].to(device))
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()

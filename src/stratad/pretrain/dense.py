@@ -4,8 +4,10 @@ Pretraining"), producing backbone weights every detector loads with ``--weights`
 
 PixPro, as in the official code (base setting, no instance branch):
 - two views of each image: a random resized crop (scale 0.08-1, aspect 3/4-4/3), a horizontal flip
-  with probability 0.5, colour jitter (0.4, 0.4, 0.2, 0.1 with probability 0.8) and grayscale with
-  probability 0.2; each view remembers where it lies in the original image;
+  with probability 0.5, colour jitter (brightness, contrast, saturation 0.4, 0.4, 0.2 and a small
+  per-channel shift standing in for hue, with probability 0.8) and grayscale with probability 0.2;
+  each view remembers where it lies in the original image. Not done here: the official BYOL-style
+  Gaussian blur and solarisation, and the learning-rate warm-up;
 - an online encoder (the backbone to its last stage) with a projector (1x1 conv to ``inner_dim``
   (4096), BatchNorm, ReLU, 1x1 conv to ``out_dim`` (256)) and a momentum encoder (the exponential
   average of the online weights; momentum rising from 0.99 to 1 along a cosine over all steps);
@@ -254,14 +256,17 @@ def pretrain(
         p.requires_grad_(True)
     params = list(online.parameters())
     optimiser = torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
-    steps_per_epoch = math.ceil(len(images) / c.batch_size)
+    # batches that run: a last batch of one image is skipped (BatchNorm needs two)
+    steps_per_epoch = len(images) // c.batch_size + (1 if len(images) % c.batch_size >= 2 else 0)
     total_steps = steps_per_epoch * c.epochs
     generator = torch.Generator().manual_seed(c.seed)
     result = PretrainResult(state={})
     start = 0
+    import hashlib
+
     stamp = {
         "config": {k: getattr(v, "value", v) for k, v in c.__dict__.items()},
-        "n": len(images),
+        "images_sha256": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(),
         "backbone": backbone.name,
         "weights": backbone.weights,
     }

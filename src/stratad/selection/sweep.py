@@ -378,8 +378,15 @@ def run_sweep(
     combination_nodes = [n for n in infos if any(n in candidate_nodes(c) for c in combinations_todo)]
     # One chunk (the usual case): the combinations' nodes ride along in its backbone pass.
     ride_along = len(chunks) == 1 and bool(combinations_todo)
-    if len(chunks) > 1:  # a memo would hold every chunk at once
+    if len(chunks) > 1 or cfg.device != "cpu":
+        # A memo would hold every chunk at once; on a GPU, kernels chosen per batch shape may give an
+        # image other last bits in another batch, so reused features are exact on the CPU only.
         memo = None
+    workers = cfg.workers
+    if cfg.device != "cpu" and hasattr(
+        build_detector(cfg.detector, **sweep_detector_params(cfg)), "train_device"
+    ):
+        workers = 1  # a trained detector trains on the GPU, which a forked worker cannot use
     new_file = not results_path.exists()
     finished = n_candidates - len(todo) - len(combinations_todo)
     with open(results_path, "a", newline="") as handle:
@@ -408,7 +415,7 @@ def run_sweep(
             context = ChunkContext(cfg, evaluation, truth, feats["train"], feats["test"])
             aliases = _identical_nodes(chunk, context.train, context.test)
             unique = [n for n in chunk if n not in aliases]
-            for result in _with_aliases(_map_nodes(context, unique, cfg.workers), aliases):
+            for result in _with_aliases(_map_nodes(context, unique, workers), aliases):
                 _describe(result, infos, relative_rf)
                 writer.writerow({k: csv_cell(v) for k, v in result.row().items()})
                 handle.flush()
@@ -462,12 +469,15 @@ def _describe(result: NodeResult, infos: dict[str, Any], relative_rf: dict[str, 
 
 class FeatureMemo:
     """Per-image features of the nodes of earlier sweeps, keyed by the image's position in the full
-    training and evaluation sets (``keys``: those positions for the sweep at hand). A backbone pass
-    gives an image the same features in any batch, so a reused feature equals a recomputed one."""
+    training and evaluation sets (``keys``: those positions for the sweep at hand). On the CPU a
+    backbone pass gives an image the same features in any batch, so a reused feature equals a
+    recomputed one (``run_sweep`` uses no memo on other devices)."""
 
     def __init__(self) -> None:
         self.keys: tuple[np.ndarray, np.ndarray] | None = None
         self.features: dict[str, dict[str, dict[int, torch.Tensor]]] = {"train": {}, "test": {}}
+        #: images whose backbone pass was saved so far
+        self.reused = 0
 
     def keep_only(self, nodes: set[str]) -> None:
         for by_node in self.features.values():
@@ -535,6 +545,8 @@ def _extract_chunk(
                 for i in np.flatnonzero(reuse):
                     filled[n][i] = known[n][int(keys[i])]
             done += int(reuse.sum())
+            if memo is not None:
+                memo.reused += int(reuse.sum())
             if progress is not None:
                 progress(done)
         if keys is not None and memo is not None:
@@ -648,6 +660,7 @@ def sweep_stamp(
     never a row."""
     from stratad.export.io import tensors_digest
 
+    detector = build_detector(cfg.detector, **sweep_detector_params(cfg))
     stamp = {
         **asdict(cfg),
         "workers": None,
@@ -661,6 +674,10 @@ def sweep_stamp(
         # --exact ignores --max-grid: every node at its own resolution (0), in float32
         "max_grid": cached_features(cfg).max_grid,
         "fit_params": sweep_detector_params(cfg),
+        # the detector's every option, defaults included (a changed default changes rows), and the
+        # device a trained detector trains on
+        "detector_config": asdict(detector.config),
+        "train_device": cfg.device if hasattr(detector, "train_device") else None,
         "weights_sha256": tensors_digest(backbone.model.state_dict()),
         "n_train": len(train_images),
         "n_eval": len(evaluation.images),
@@ -680,6 +697,7 @@ _STAMP_NAMES = {
     "data_sha256": "the data (images, labels or masks)",
     "weights_sha256": "the backbone weights",
     "fit_params": "the detector options",
+    "detector_config": "the detector options (defaults included)",
     "detector_params": "the detector options",
 }
 
