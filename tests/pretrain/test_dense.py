@@ -116,3 +116,14 @@ def test_pixpro_and_ds2_train_seeded_resume_and_load_with_weights(tmp_path: Path
     assert all(torch.equal(loaded[k], v) for k, v in run.result.state.items())
     with pytest.raises(StratadError, match="exceeds the load size"):
         pretrain_to_file(folder, tmp_path / "x.safetensors", params={"image_size": "512"})
+
+
+def test_resnet18_from_random_weights_pretrains_on_layer3_and_layer4() -> None:
+    resnet = build_backbone("resnet18", weights="random")
+    assert scale_nodes(resnet, "ds2") == ["layer3.1.relu_1", "layer4.1.relu_1"]  # type: ignore[arg-type]
+    before = {k: v.clone() for k, v in resnet.model.state_dict().items()}
+    cfg = PretrainConfig(method="ds2", epochs=1, **SMALL)  # type: ignore[arg-type]
+    result = pretrain(resnet, _images(6, 1), cfg)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert not torch.equal(result.state["layer4.1.conv2.weight"], before["layer4.1.conv2.weight"])
+    assert torch.equal(result.state["fc.weight"], before["fc.weight"])  # the classifier is not part of it
