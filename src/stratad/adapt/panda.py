@@ -54,6 +54,7 @@ from torch import nn
 from stratad._options import bounded
 from stratad.backbones.registry import Backbone
 from stratad.errors import StratadError
+from stratad.export.io import read_resume, tensors_digest, write_resume
 
 #: classifier modules that never train and carry no EWC penalty
 CLASSIFIER_NAMES = ("classifier", "fc", "head")
@@ -310,12 +311,8 @@ def adapt(
     clipped = [*params, *(head.parameters() if head is not None else [])]
     stamp = _stamp(backbone, c, train, outliers)
     start = 0
-    if resume is not None and resume.is_file():
-        saved = torch.load(resume, map_location="cpu", weights_only=False)
-        if saved.get("stamp") != stamp:
-            raise StratadError(
-                f"{resume} holds an adaptation with other settings or data; remove it or use another --out"
-            )
+    saved = read_resume(resume, stamp, "an adaptation")
+    if saved is not None:
         model.load_state_dict(saved["model"], strict=False)
         if head is not None:
             head.load_state_dict(saved["head"])
@@ -357,7 +354,7 @@ def adapt(
                 )
             if resume is not None:
                 trained = {n: p.detach().cpu() for n, p in model.named_parameters() if n in names}
-                _save_resume(
+                write_resume(
                     resume,
                     {
                         "stamp": stamp,
@@ -387,10 +384,9 @@ def _stamp(
 ) -> dict[str, Any]:
     """What a resumed run must share with the one that wrote the resume file."""
     import dataclasses
-    import hashlib
 
     def digest(images: torch.Tensor | None) -> str | None:
-        return None if images is None else hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+        return None if images is None else tensors_digest({"images": images})
 
     settings = {
         k: (v.value if isinstance(v, enum.Enum) else v) for k, v in dataclasses.asdict(config).items()
@@ -399,14 +395,6 @@ def _stamp(
         "backbone": backbone.name, "weights": backbone.weights, "config": settings,
         "train": digest(train), "outliers": digest(outliers),
     }  # fmt: skip
-
-
-def _save_resume(path: Path, payload: dict[str, Any]) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -181,3 +181,21 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
+
+
+def write_resume(path: Path, payload: Mapping[str, Any]) -> None:
+    """The training state of a long run (``adapt``, ``pretrain``), replaced atomically each epoch."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(payload), tmp)
+    os.replace(tmp, path)
+
+
+def read_resume(path: Path | None, stamp: Mapping[str, Any], what: str) -> dict[str, Any] | None:
+    """The state :func:`write_resume` left at ``path`` (None when there is none); a state of another
+    run (``stamp`` differs) is an error naming ``what`` it holds."""
+    if path is None or not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("stamp") != stamp:
+        raise StratadError(f"{path} holds {what} with other settings or data; remove it or use another --out")
+    return dict(saved)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import enum
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from torch import nn
 from stratad._options import bounded
 from stratad.backbones.registry import Backbone
 from stratad.errors import StratadError
+from stratad.export.io import read_resume, tensors_digest, write_resume
 
 
 class Method(str, enum.Enum):
@@ -262,20 +262,14 @@ def pretrain(
     generator = torch.Generator().manual_seed(c.seed)
     result = PretrainResult(state={})
     start = 0
-    import hashlib
-
     stamp = {
         "config": {k: getattr(v, "value", v) for k, v in c.__dict__.items()},
-        "images_sha256": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(),
+        "images_sha256": tensors_digest({"images": images}),
         "backbone": backbone.name,
         "weights": backbone.weights,
     }
-    if resume is not None and resume.is_file():
-        saved = torch.load(resume, map_location="cpu", weights_only=False)
-        if saved.get("stamp") != stamp:
-            raise StratadError(
-                f"{resume} holds a pretraining with other settings or data; remove it or use another --out"
-            )
+    saved = read_resume(resume, stamp, "a pretraining")
+    if saved is not None:
         online.load_state_dict(saved["online"])
         target.load_state_dict(saved["target"])
         optimiser.load_state_dict(saved["optimiser"])
@@ -322,7 +316,6 @@ def pretrain(
         result.positives.append(float(np.mean(positives)))
         result.epoch_seconds.append(seconds)
         if resume is not None:
-            tmp = resume.with_name(resume.name + ".tmp")
             payload = {
                 "stamp": stamp,
                 "epoch": epoch + 1,
@@ -334,8 +327,7 @@ def pretrain(
                 "positives": result.positives,
                 "seconds": result.epoch_seconds,
             }
-            torch.save(payload, tmp)
-            os.replace(tmp, resume)
+            write_resume(resume, payload)
         if progress is not None:
             progress(
                 epoch + 1, c.epochs, result.losses[-1], result.positives[-1], len(images) / max(seconds, 1e-9)
