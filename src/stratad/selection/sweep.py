@@ -339,7 +339,8 @@ def run_sweep(
     budget = memory_budget_bytes(cfg)  # bad settings fail before anything is written
     resolve_workers(cfg.workers)
     check_sweep_config(cfg)
-    det_cls = type(build_detector(cfg.detector, **sweep_detector_params(cfg)))
+    probe = build_detector(cfg.detector, **sweep_detector_params(cfg))
+    det_cls = type(probe)
     # The masks are the same for every node: label their defect regions once.
     step = effective_pixel_stride(cfg)
     truth = PixelTruth.from_masks(evaluation.masks, stride=step) if det_cls.localizes else None
@@ -383,9 +384,7 @@ def run_sweep(
         # image other last bits in another batch, so reused features are exact on the CPU only.
         memo = None
     workers = cfg.workers
-    if cfg.device != "cpu" and hasattr(
-        build_detector(cfg.detector, **sweep_detector_params(cfg)), "train_device"
-    ):
+    if cfg.device != "cpu" and hasattr(probe, "train_device"):
         workers = 1  # a trained detector trains on the GPU, which a forked worker cannot use
     new_file = not results_path.exists()
     finished = n_candidates - len(todo) - len(combinations_todo)
