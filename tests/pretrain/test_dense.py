@@ -11,7 +11,16 @@ import torch
 from stratad.backbones import build_backbone
 from stratad.errors import StratadError
 from stratad.pretrain import PretrainConfig, pretrain
-from stratad.pretrain.dense import Propagation, centre_distances, pair_loss, random_view, scale_nodes
+from stratad.pretrain.dense import (
+    Propagation,
+    centre_distances,
+    momentum_at,
+    momentum_update,
+    pair_loss,
+    positive_pairs,
+    random_view,
+    scale_nodes,
+)
 
 SMALL = {"image_size": 64, "batch_size": 4, "inner_dim": 32, "out_dim": 16}
 
@@ -61,6 +70,68 @@ def test_pair_loss_is_minus_twice_the_mean_cosine_of_the_positive_pairs() -> Non
     q = torch.nn.functional.normalize(torch.randn(1, 4, 1, 2), dim=1)
     positive = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
     assert float(pair_loss(q, q, positive)) == pytest.approx(-2.0, abs=1e-5)
+    k = torch.nn.functional.normalize(torch.randn(1, 4, 1, 2), dim=1)
+    cos = float((q[0, :, 0, 0] * k[0, :, 0, 0]).sum())
+    assert float(pair_loss(q, k, positive)) == pytest.approx(-2 * cos, abs=1e-5)
+
+
+def test_loss_is_minimal_for_identical_views() -> None:
+    g = torch.Generator().manual_seed(3)
+    q = torch.nn.functional.normalize(torch.randn(2, 8, 4, 4, generator=g), dim=1)
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2, dtype=torch.float64)
+    positive = positive_pairs("pixpro", box, box, 4, 4, PretrainConfig()).float()
+    assert torch.equal(positive[0], torch.eye(16))  # identical views: each pixel pairs with itself
+    identical = float(pair_loss(q, q, positive))
+    assert identical == pytest.approx(-2.0, abs=1e-5)  # the bound: cos <= 1
+    for scale in (0.01, 0.1, 1.0):
+        other = torch.nn.functional.normalize(q + scale * torch.randn(q.shape, generator=g), dim=1)
+        assert float(pair_loss(q, other, positive)) > identical
+
+
+def test_positive_pairs_of_two_overlapping_views_are_exactly_the_expected_ones() -> None:
+    # View a: the top-left quarter; view b: the same quarter shifted right by half its width. On 4 x 4
+    # feature maps (bins of 0.125) pixel (r, c) of a has the centre of pixel (r, c - 2) of b; the next
+    # nearest centres lie one bin (0.125) apart, beyond PixPro's 0.7 diagonals (0.124) and DS2's 0.1.
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5]], dtype=torch.float64)
+    b = torch.tensor([[0.25, 0.0, 0.75, 0.5]], dtype=torch.float64)
+    same_place = torch.zeros(16, 16, dtype=torch.bool)
+    for r in range(4):
+        for c in (2, 3):
+            same_place[r * 4 + c, r * 4 + c - 2] = True
+    cfg = PretrainConfig()
+    assert torch.equal(positive_pairs("pixpro", a, b, 4, 4, cfg)[0], same_place)
+    # DS2's second criterion: one-hot features, pixel j of b carries a's pixel 15 - j, so each pixel i
+    # of a is most similar to pixel 15 - i of b
+    fa = torch.eye(16).T.reshape(1, 16, 4, 4)
+    fb = torch.eye(16).flip(0).T.reshape(1, 16, 4, 4)
+    expected = same_place.clone()
+    expected[torch.arange(16), 15 - torch.arange(16)] = True
+    assert torch.equal(positive_pairs("ds2", a, b, 4, 4, cfg, fa, fb)[0], expected)
+    # a wider delta takes the horizontal and vertical neighbours too (0.125 apart), not the diagonal
+    # ones (0.177): centre of a's (r, c) is ((c + 0.5) / 8, (r + 0.5) / 8), of b's (r, c) ((c + 2.5) / 8, ...)
+    near = torch.zeros(16, 16, dtype=torch.bool)
+    for i in range(16):
+        for j in range(16):
+            dr, dc = i // 4 - j // 4, i % 4 - (j % 4 + 2)
+            near[i, j] = abs(dr) + abs(dc) <= 1
+    wide = positive_pairs("ds2", a, b, 4, 4, PretrainConfig(delta=0.13), fa, fb)[0]
+    assert torch.equal(wide, near | expected)
+    with pytest.raises(StratadError, match="backbone features"):
+        positive_pairs("ds2", a, b, 4, 4, cfg)
+
+
+def test_momentum_encoder_is_the_exponential_average_of_the_online_weights() -> None:
+    online, target = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+        target.weight.fill_(3.0)
+        online.running_mean.fill_(5.0)
+    momentum_update(online, target, 0.9)
+    torch.testing.assert_close(target.weight, torch.full((3,), 0.9 * 3.0 + 0.1 * 1.0))
+    assert torch.equal(target.running_mean, online.running_mean)
+    assert momentum_at(0, 100, 0.99) == pytest.approx(0.99)
+    assert momentum_at(50, 100, 0.99) == pytest.approx(0.995)
+    assert momentum_at(100, 100, 0.99) == pytest.approx(1.0)
 
 
 def test_pixpro_and_ds2_train_seeded_resume_and_load_with_weights(tmp_path: Path) -> None:

@@ -177,6 +177,36 @@ def centre_distances(
     return d, torch.maximum(da, db).view(-1, 1, 1)
 
 
+def positive_pairs(
+    method: Method | str,
+    box_a: torch.Tensor,
+    box_b: torch.Tensor,
+    height: int,
+    width: int,
+    config: PretrainConfig,
+    features_a: torch.Tensor | None = None,
+    features_b: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(N, HW, HW) booleans: which pixel of view a pairs with which pixel of view b.
+
+    PixPro: centres closer than ``pos_ratio`` larger bin diagonals. DS2: centres closer than ``delta``
+    (normalised image coordinates) OR, for each pixel of a, its most similar pixel of b by cosine in
+    the backbone features ``features_a`` / ``features_b`` (N, C, H, W)."""
+    d, diag = centre_distances(box_a, box_b, height, width)
+    if Method(method) is Method.pixpro:
+        return d / diag < config.pos_ratio
+    if features_a is None or features_b is None:
+        raise StratadError("DS2's positive pairs need both views' backbone features")
+    near = d < config.delta
+    with torch.no_grad():
+        fa = F.normalize(features_a.flatten(2), dim=1)
+        fb = F.normalize(features_b.flatten(2), dim=1)
+        best = torch.bmm(fa.transpose(1, 2), fb).argmax(dim=2)
+    similar = torch.zeros_like(near)
+    similar.scatter_(2, best[:, :, None].cpu(), True)
+    return near | similar
+
+
 def pair_loss(online: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """``-2 * mean cos`` over the positive pairs of each image (images without one count 0)."""
     n, c = online.shape[:2]
@@ -305,9 +335,7 @@ def pretrain(
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-            _momentum_update(
-                online, target, 1 - (1 - c.momentum) * (math.cos(math.pi * step / total_steps) + 1) / 2
-            )
+            momentum_update(online, target, momentum_at(step, total_steps, c.momentum))
             step += 1
             losses.append(float(loss.detach()))
             positives.append(pairs)
@@ -361,18 +389,9 @@ def _step_loss(
         for a, b in ((0, 1), (1, 0)):
             query = F.normalize(online.propagation(online.projectors[scale](feats[a][scale])), dim=1)
             n, _, h, w = query.shape
-            d, diag = centre_distances(boxes[a], boxes[b], h, w)
-            if method is Method.pixpro:
-                positive = d / diag < c.pos_ratio
-            else:
-                near = d < c.delta
-                with torch.no_grad():  # the most similar pixel of the other view in backbone features
-                    fa = F.normalize(target_feats[a][scale].flatten(2), dim=1)
-                    fb = F.normalize(target_feats[b][scale].flatten(2), dim=1)
-                    best = torch.bmm(fa.transpose(1, 2), fb).argmax(dim=2)
-                similar = torch.zeros_like(near)
-                similar.scatter_(2, best[:, :, None].cpu(), True)
-                positive = near | similar
+            positive = positive_pairs(
+                method, boxes[a], boxes[b], h, w, c, target_feats[a][scale], target_feats[b][scale]
+            )
             positive = positive.to(query.dtype).to(query.device)
             total = total + pair_loss(query, keys[b][scale], positive)
             pair_count += float(positive.sum() / n)
@@ -380,7 +399,14 @@ def _step_loss(
     return total / len(online.nodes), pair_count / terms
 
 
-def _momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+def momentum_at(step: int, total_steps: int, base: float) -> float:
+    """The momentum encoder's momentum at ``step``: ``base`` at the start, 1 at the end, along a cosine."""
+    return 1 - (1 - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
+
+
+def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """EMA step: every target parameter becomes ``momentum * target + (1 - momentum) * online``;
+    buffers (BatchNorm statistics) are copied."""
     with torch.no_grad():
         for p, q in zip(online.parameters(), target.parameters(), strict=True):
             q.mul_(momentum).add_(p.detach(), alpha=1 - momentum)
