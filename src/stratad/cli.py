@@ -267,16 +267,28 @@ def fit(
     settings: dict[str, Any],
     out: Annotated[Path, typer.Option("--out", help="model file to write (written atomically)")],
     report: Reporter,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(
+            help="thresholds saved in the model: fpr=R (false-positive rate R from held-out good training "
+            "images) or a labelled validation folder (good/ and defect folders with masks/: best F1)"
+        ),
+    ] = None,
+    calibration_holdout: Annotated[
+        float, typer.Option(help="with --calibrate fpr=R: fraction of the training images held out")
+    ] = 0.2,
 ) -> None:
     """Fit a pipeline on the good training images of a dataset and save it to one file."""
     from stratad.workflows import fit_to_file
 
-    fitted = fit_to_file(source, settings, out, report)
+    fitted = fit_to_file(source, settings, out, report, calibrate, calibration_holdout)
     t, nodes = fitted.pipeline.timings_, ", ".join(fitted.pipeline.config.nodes)
     console.print(
-        f"fitted on {len(fitted.split.train)} images (nodes {nodes}): "
+        f"fitted on {fitted.n_fitted} images (nodes {nodes}): "
         f"extraction {t['extract_s']:.1f} s, detector {t['detector_fit_s']:.1f} s -> {out}"
     )
+    if fitted.pipeline.calibration_ is not None:
+        console.print(f"calibrated: {fitted.pipeline.calibration_.describe()}")
 
 
 @app.command()
@@ -457,6 +469,15 @@ def print_metrics(result: dict[str, Any]) -> None:
             table.add_row(key, f"{result[key]:.4f}")
     table.add_row("test images", str(result.get("n_test_images")))
     table.add_row("images / s", f"{result.get('predict_images_per_second', 0):.1f}")
+    at = result.get("at_threshold")
+    if at:
+        for level in ("image", "pixel"):
+            if level in at:
+                rates = at[level]
+                for rate in ("fpr", "tpr"):
+                    value = rates.get(rate)
+                    cell = "-" if value is None else f"{value:.4f}"
+                    table.add_row(f"{level} {rate.upper()} at threshold {at[level + '_threshold']:.4g}", cell)
     results.print(table)
     if result.get("n_excluded_from_pixel_metrics"):
         console.print(

@@ -52,6 +52,9 @@ def evaluate_pipeline(
     prediction = pipeline.predict(records, progress)
     predict_s = time.perf_counter() - t0
     result = metrics_for(records, prediction, fpr_limit, missing_masks)
+    if pipeline.calibration_ is not None:
+        keep = pixel_records(list(records), missing_masks)[0] if prediction.maps is not None else []
+        result["at_threshold"] = rates_at_calibration(pipeline.calibration_, records, prediction, keep)
     result.update(
         {
             "n_test_images": len(records),
@@ -63,3 +66,112 @@ def evaluate_pipeline(
         }
     )
     return result, prediction
+
+
+# -- calibration: thresholds stored in the model file ---------------------------------------------------
+def calibrate_on_good(
+    pipeline: Pipeline,
+    records: Sequence[ImageRecord],
+    fpr: float,
+    source: str,
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """Image and pixel thresholds at a target false-positive rate from good images the detector was
+    not fitted on (:func:`stratad.metrics.thresholds.quantile_threshold`). The pixel threshold is the
+    same quantile of every pixel of their maps at the images' own sizes; pixels of one image are
+    correlated, so its confidence is that of the images, not of the pixel count."""
+    from stratad.metrics.thresholds import Calibration, normal_spread, quantile_threshold
+
+    quantile_threshold(np.zeros(len(records)), fpr)  # too few images: refused before any scoring
+    prediction = pipeline.predict(list(records), progress)
+    image = quantile_threshold(prediction.image_scores, fpr)
+    pixel_t = pixel_s = None
+    if prediction.maps is not None:
+        pixels = np.concatenate([prediction.map_at_original_size(i).ravel() for i in range(len(records))])
+        pixel = quantile_threshold(pixels, fpr)
+        pixel_t, pixel_s = pixel.threshold, normal_spread(pixels, pixel.threshold)
+    return Calibration(
+        method="fpr",
+        image_threshold=image.threshold,
+        image_scale=normal_spread(prediction.image_scores, image.threshold),
+        pixel_threshold=pixel_t,
+        pixel_scale=pixel_s,
+        target_fpr=fpr,
+        expected_fpr=image.expected_fpr,
+        fpr_upper_95=image.fpr_upper_95,
+        n_good=len(records),
+        source=source,
+    )
+
+
+def calibrate_on_labelled(
+    pipeline: Pipeline,
+    records: Sequence[ImageRecord],
+    source: str,
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """F1-optimal image thresholds on labelled validation images, and F1-optimal pixel thresholds when
+    every defective one has a mask (otherwise no pixel threshold)."""
+    from stratad.metrics.thresholds import Calibration, f1_threshold, normal_spread
+
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    if labels.size == 0 or labels.min() == labels.max():
+        raise StratadError(f"{source}: an F1-optimal threshold needs both good and defective images")
+    prediction = pipeline.predict(list(records), progress)
+    scores = prediction.image_scores
+    image_t, image_f1 = f1_threshold(labels, scores)
+    pixel_t = pixel_s = pixel_f1 = None
+    if prediction.maps is not None and all(r.mask_path is not None for r in records if r.label):
+        maps = [prediction.map_at_original_size(i) for i in range(len(records))]
+        masks = [record_mask(r, prediction.original_sizes[i]) for i, r in enumerate(records)]
+        values = np.concatenate([m.ravel() for m in maps])
+        truth = np.concatenate([m.ravel() for m in masks]).astype(np.int64)
+        pixel_t, pixel_f1 = f1_threshold(truth, values)
+        pixel_s = normal_spread(values[truth == 0], pixel_t)
+    return Calibration(
+        method="f1",
+        image_threshold=image_t,
+        image_scale=normal_spread(scores[labels == 0], image_t),
+        pixel_threshold=pixel_t,
+        pixel_scale=pixel_s,
+        image_f1=image_f1,
+        pixel_f1=pixel_f1,
+        n_good=int((labels == 0).sum()),
+        n_defective=int(labels.sum()),
+        source=source,
+    )
+
+
+def rates_at_calibration(
+    calibration: Any, records: Sequence[ImageRecord], prediction: Prediction, keep: Sequence[int]
+) -> dict[str, Any]:
+    """Observed false- and true-positive rates at the stored thresholds: images, and pixels of the
+    records in ``keep`` (those with masks); the pixel FPR counts every defect-free pixel of every test
+    image, as pixel AUROC does."""
+    from stratad.metrics.thresholds import rates_at
+
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    scores = prediction.image_scores
+    result: dict[str, Any] = {
+        "image_threshold": calibration.image_threshold,
+        "image": rates_at(scores[labels == 0], scores[labels == 1], calibration.image_threshold),
+    }
+    if calibration.pixel_threshold is not None and prediction.maps is not None:
+        t = calibration.pixel_threshold
+        over_good = over_bad = n_good = n_bad = 0
+        for i in keep:
+            anomaly_map = prediction.map_at_original_size(i)
+            mask = record_mask(records[i], prediction.original_sizes[i])
+            flagged = anomaly_map > t
+            over_bad += int(np.count_nonzero(flagged & mask))
+            n_bad += int(np.count_nonzero(mask))
+            over_good += int(np.count_nonzero(flagged & ~mask))
+            n_good += int(mask.size - np.count_nonzero(mask))
+        result["pixel_threshold"] = t
+        result["pixel"] = {
+            "fpr": over_good / n_good if n_good else None,
+            "tpr": over_bad / n_bad if n_bad else None,
+            "n_good": n_good,
+            "n_defective": n_bad,
+        }
+    return result

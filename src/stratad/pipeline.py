@@ -31,6 +31,7 @@ from stratad.device import loadable_device, resolve_device
 from stratad.errors import DetectorError, ModelFileError, StratadError
 from stratad.export.io import load_tensors, save_tensors
 from stratad.features.types import FeatureBatch
+from stratad.metrics.thresholds import Calibration
 
 PathLike = str | Path
 ImageSource = PathLike | ImageRecord
@@ -210,6 +211,8 @@ class Pipeline:
         self._backbone: Any = None
         self.fitted_ = False
         self.timings_: dict[str, float] = {}
+        #: thresholds and normalisation (``fit --calibrate``), saved in the model file; None: scores only
+        self.calibration_: Calibration | None = None
 
     # -- backbone and nodes --
     @property
@@ -324,6 +327,7 @@ class Pipeline:
         self._detector_module: Any = None
         self._traced = None  # a refit scores with the extractor it was fitted with
         self.fitted_ = True
+        self.calibration_ = None  # thresholds of another fit do not hold for this one
         return self
 
     def predict(
@@ -464,7 +468,10 @@ class Pipeline:
         state = {f"detector.{k}": v for k, v in self.detector.state_dict().items()}
         if traced is not None:
             state[TRACED_KEY] = traced
-        save_tensors(path, state, {"kind": "pipeline", "config": config})
+        meta: dict[str, Any] = {"kind": "pipeline", "config": config}
+        if self.calibration_ is not None:
+            meta["calibration"] = self.calibration_.to_dict()
+        save_tensors(path, state, meta)
 
     def _trace(self) -> torch.Tensor | None:
         """The extractor as a TorchScript archive for the file (CPU models without patch features)."""
@@ -502,6 +509,12 @@ class Pipeline:
             pipe._traced = load_traced(tensors[TRACED_KEY], cfg.nodes, cfg.image_size)
         pipe.fitted_ = True
         pipe.timings_ = {}
+        pipe.calibration_ = None
+        if "calibration" in meta:
+            try:
+                pipe.calibration_ = Calibration.from_dict(meta["calibration"])
+            except StratadError as exc:
+                raise ModelFileError(f"{path} holds an unusable calibration: {exc}") from None
         pipe._check_runs(path)
         return pipe
 
@@ -533,4 +546,5 @@ class Pipeline:
             "detector": self.config.detector,
             "detector_params": config_to_dict(self.detector.config),
             "image_size": self.config.image_size,
+            "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
         }

@@ -226,6 +226,19 @@ def load_folder(root: Path, seed: int = 0, train_fraction: float = 0.8) -> Datas
     return DatasetSplit(f"folder/{root.name}", [ImageRecord(p) for p in train_paths], test)
 
 
+def load_labelled_folder(root: Path) -> list[ImageRecord]:
+    """Every image of a labelled folder (a validation set): ``good/`` plus defect folders
+    ``<defect>/`` with optional masks in ``<defect>/masks/`` (the plain layout, without a split)."""
+    _require_folder(root)
+    good_dir = root / "good"
+    if not good_dir.is_dir():
+        raise DataError(f"{root} has no good/ folder (a labelled folder: good/ and defect folders)")
+    records = [ImageRecord(p) for p in list_images(good_dir)]
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("good", "masks")):
+        records += [ImageRecord(img, 1, d.name, _find_mask(d / "masks", img)) for img in list_images(d)]
+    return records
+
+
 def detect_kind(root: Path) -> DatasetKind:
     if (root / "MT_Free").is_dir():
         return DatasetKind.mtd
