@@ -191,7 +191,7 @@ class Calibration:
             cal = cls(**raw)
         except TypeError as exc:
             raise DataError(f"the calibration is incomplete ({exc})") from None
-        numbers = [cal.image_threshold, cal.image_scale]
+        numbers: list[Any] = [cal.image_threshold, cal.image_scale]
         if cal.pixel_threshold is not None or cal.pixel_scale is not None:
             numbers += [cal.pixel_threshold, cal.pixel_scale]
         if cal.method not in ("fpr", "f1") or not all(
