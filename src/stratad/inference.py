@@ -236,6 +236,14 @@ class OnnxModel:
             raise ModelFileError(
                 f"{source} was not exported by `stratad export` (no stratad settings)"
             ) from None
+        self.calibration_ = None
+        if settings.get("calibration") is not None:
+            from stratad.metrics.thresholds import Calibration
+
+            try:
+                self.calibration_ = Calibration.from_dict(settings["calibration"])
+            except StratadError as exc:
+                raise ModelFileError(f"{source} holds an unusable calibration: {exc}") from None
         self.path = source
         self.session = onnx_session(source)
 
@@ -244,6 +252,7 @@ class OnnxModel:
             "detector": self.config.detector,
             "image_size": self.config.image_size,
             "onnx": str(self.path),
+            "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
         }
 
     def score_image(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
