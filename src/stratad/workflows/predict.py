@@ -21,7 +21,18 @@ if TYPE_CHECKING:
     from stratad.data.datasets import DataSource
 
 SCORES_FILE = "scores.csv"
-SCORE_COLUMNS = ("image", "score", "map", "map_min", "map_max", "overlay")
+SCORE_COLUMNS = (
+    "image",
+    "score",
+    "map",
+    "map_min",
+    "map_max",
+    "overlay",
+    "normalized_score",
+    "decision",
+    "defect_area",
+    "mask",
+)
 
 
 class MapFormat(str, enum.Enum):
@@ -98,7 +109,9 @@ def _header(model: Path, model_sha256: str, source: Path) -> list[str]:
         f"# input: {display_path(source.resolve())}",
         "# columns: image (input path), score (image anomaly score, full float precision), "
         "map (the map file at the image's size: 16-bit PNG whose 0..65535 spans map_min..map_max, or "
-        "float32 .npy), overlay (heatmap overlay file)",
+        "float32 .npy), overlay (heatmap overlay file); with thresholds (fit --calibrate): "
+        "normalized_score (0.5 at the image threshold), decision (good / defective: score > threshold), "
+        "defect_area (fraction of the image's pixels over the pixel threshold), mask (binary PNG of them)",
     ]
 
 
@@ -149,6 +162,8 @@ class _Scored:
     score: float
     small_map: np.ndarray | None
     rgb: np.ndarray | None
+    normalized: float | None = None
+    defective: bool | None = None
 
 
 def predict_to_folder(
@@ -165,11 +180,13 @@ def predict_to_folder(
     """Score an image or a folder of images (``recursive``: the whole tree) with a saved model and
     write, into ``out``: per image its map at the image's own size (``maps``: a 16-bit PNG
     ``<name>.map.png`` with its range in scores.csv, a float32 ``<name>.npy``, or none) and a heatmap
-    overlay (``<name>.overlay.jpg`` or ``.png``), named after the input with its relative path and
-    extension (``sub/a.jpg.npy``), and ``scores.csv``, whose header says which model and input
-    produced it and whose rows are appended as images are scored (a crash keeps what was scored;
-    the overlay column is filled once every overlay is written). A
-    folder holding another model's or another input's predictions is refused. ``progress`` is called
+    overlay (``<name>.overlay.jpg`` or ``.png``: the image at its own resolution with the heatmap,
+    the predicted defects outlined, the decision and a colour bar), with thresholds (``fit
+    --calibrate``) a binary defect mask ``<name>.mask.png``, all named after the input with its
+    relative path and extension (``sub/a.jpg.npy``), and ``scores.csv``, whose header says which
+    model and input produced it and whose rows are appended as images are scored (a crash keeps
+    what was scored; the overlay column is filled once every overlay is written). A folder holding
+    another model's or another input's predictions is refused. ``progress`` is called
     with the number of images scored; ``reporter`` (the command line) shows a bar over all images.
 
     Each image is decoded once, by the worker that scores it, which also writes its map; the
@@ -177,8 +194,9 @@ def predict_to_folder(
     Overlays share one colour scale over the run, so they are drawn when every map is known.
     """
     from stratad.data import images_in, read_image_rgb
+    from stratad.decisions import decide
     from stratad.export.io import check_output_folder
-    from stratad.pipeline import resize_map
+    from stratad.report.overlay import encode_png
 
     model, source, out = Path(model), Path(source).expanduser(), Path(out)
     fmt = MapFormat(maps)
@@ -200,19 +218,35 @@ def predict_to_folder(
     bit_depth = pipe.config.bit_depth
     held = _Budget(HELD_IMAGES_MB * 2**20)
 
+    calibration = getattr(pipe, "calibration_", None)
+
     def score(index: int) -> _Scored:
         path, name = paths[index], names[index]
         rgb = read_image_rgb(path, bit_depth)
         image_score, small = pipe.score_image(rgb)
-        row = [display_path(path), repr(float(image_score[0])), "", "", "", ""]  # the float32 exactly
+        need_full = small is not None and (
+            fmt is not MapFormat.none or (calibration is not None and calibration.pixel_threshold is not None)
+        )
+        decision = decide(calibration, float(image_score[0]), small if need_full else None, rgb.shape[:2])
+        row = [display_path(path), repr(float(image_score[0])), "", "", "", "", "", "", "", ""]
+        if decision.normalized is not None:
+            row[6] = repr(decision.normalized)
+            row[7] = "defective" if decision.defective else "good"
         if small is not None:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             if fmt is not MapFormat.none:
-                row[2:5] = _write_map(out, name, resize_map(small, rgb.shape[:2]), fmt)
+                assert decision.anomaly_map is not None
+                row[2:5] = _write_map(out, name, decision.anomaly_map, fmt)
+            if decision.mask is not None:
+                mask_path = out / name.with_name(f"{name.name}.mask.png")
+                _write_bytes(mask_path, encode_png(decision.mask.astype(np.uint8) * 255))
+                row[8], row[9] = repr(decision.defect_area), display_path(mask_path.relative_to(out))
         if overlay_fmt is OverlayFormat.none:  # nothing is drawn later: keep nothing per image
-            return _Scored(row, float(image_score[0]), None, None)
+            return _Scored(row, decision.score, None, None)
         keep = small is not None and held.take(rgb.nbytes)
-        return _Scored(row, float(image_score[0]), small, rgb if keep else None)
+        return _Scored(
+            row, decision.score, small, rgb if keep else None, decision.normalized, decision.defective
+        )
 
     reporter = reporter or Reporter()
     scored: list[_Scored] = []
@@ -232,7 +266,7 @@ def predict_to_folder(
             if progress is not None:
                 progress(1)
     if overlay_fmt is not OverlayFormat.none and scored[0].small_map is not None:
-        _write_overlays(paths, names, scored, bit_depth, out, overlay_fmt)
+        _write_overlays(paths, names, scored, bit_depth, out, overlay_fmt, calibration)
         # Only now do the overlays exist: the rows name them (a crash before this keeps the rows
         # without overlay names, never names of missing files).
         for item, name in zip(scored, names, strict=True):
@@ -298,6 +332,7 @@ def _write_overlays(
     bit_depth: int | None,
     out: Path,
     fmt: OverlayFormat,
+    calibration: Any = None,
 ) -> None:
     """Overlays share one colour scale over the run, so their colours compare across images. Two
     threads: decoding, resizing and encoding (OpenCV) release the GIL. Images kept from scoring are
@@ -306,7 +341,7 @@ def _write_overlays(
 
     from stratad.data import read_image_rgb
     from stratad.pipeline import resize_map
-    from stratad.report.overlay import encode_image, heatmap_overlay
+    from stratad.report.overlay import decision_overlay, encode_image
 
     maps = [s.small_map for s in scored if s.small_map is not None]
     vmin = float(min(m.min() for m in maps))
@@ -317,7 +352,19 @@ def _write_overlays(
         assert item.small_map is not None
         rgb = item.rgb if item.rgb is not None else read_image_rgb(paths[index], bit_depth)
         item.rgb = None  # freed as soon as it is drawn
-        overlay = heatmap_overlay(rgb, resize_map(item.small_map, rgb.shape[:2]), vmin, vmax)
+        full = resize_map(item.small_map, rgb.shape[:2])
+        pixel_t = None if calibration is None else calibration.pixel_threshold
+        overlay = decision_overlay(
+            rgb,
+            full,
+            vmin,
+            vmax,
+            score=item.score,
+            normalized=item.normalized,
+            defective=item.defective,
+            mask=None if pixel_t is None else full > pixel_t,
+            pixel_threshold=pixel_t,
+        )
         name = names[index]
         _write_bytes(
             out / name.with_name(f"{name.name}.overlay.{fmt.value}"), encode_image(overlay, fmt.value)
