@@ -449,15 +449,107 @@ def evaluate(
     ] = None,
     missing_masks: MissingMasksOpt = MissingMasks.error,
     device: LoadDeviceOpt = None,
+    html: Annotated[
+        Path | None, typer.Option("--report", help="also write the HTML report (index.html) to this folder")
+    ] = None,
     report: Reporter = Reporter(),
 ) -> None:
-    """Image AUROC, pixel AUROC, AU-PRO@0.3, F1-max and P_h on the test split of a dataset."""
+    """Image AUROC, pixel AUROC, AU-PRO@0.3, F1-max and P_h on the test split of a dataset, and the
+    observed false- and true-positive rates at the model's thresholds (``fit --calibrate``)."""
     from stratad.workflows import evaluate_to_json
 
     result = evaluate_to_json(
-        model, source, json_out, missing_masks=missing_masks, device=device, reporter=report
+        model, source, json_out, missing_masks=missing_masks, device=device, reporter=report, report_dir=html
     )
     print_metrics(result)
+    if html is not None:
+        console.print(f"report -> {html / 'index.html'}")
+
+
+def optional_data_source(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="dataset folder (MVTec AD, plain good/ folder, or MTD)")
+    ] = None,
+    dataset: Annotated[DatasetKind, typer.Option(help="folder layout (auto: detected)")] = DatasetKind.auto,
+    category: Annotated[
+        str | None, typer.Option(help="MVTec AD category when the folder holds several")
+    ] = None,
+    seed: SeedOpt = 0,
+    train_fraction: Annotated[
+        float | None, typer.Option(help="fraction of good images used for training (MTD: 0.6)")
+    ] = None,
+) -> DataSource | None:
+    """Option group: as :func:`data_source`, with ``--data`` optional."""
+    if data is None:
+        return None
+    return data_source(data, dataset, category, seed, train_fraction)
+
+
+@app.command(name="report")
+@grouped(source=optional_data_source, progress_report=reporter)
+def html_report(
+    source: DataSource | None,
+    out: Annotated[Path, typer.Option("--out", help="output folder: index.html and its images")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="model file: report its test split of --data")
+    ] = None,
+    sweep: Annotated[
+        Path | None, typer.Option("--sweep", help="a `stratad sweep` or `select` folder: report its nodes")
+    ] = None,
+    missing_masks: MissingMasksOpt = MissingMasks.error,
+    device: LoadDeviceOpt = None,
+    page_size: Annotated[int, typer.Option(help="image panels per page")] = 48,
+    progress_report: Reporter = Reporter(),
+) -> None:
+    """One self-contained HTML page: metrics, ROC / PRO / score histograms, per-image panels worst first
+    (--model with --data), or a sweep's node table against the receptive field (--sweep)."""
+    if (model is None) == (sweep is None):
+        raise StratadError("give either --model (with --data) or --sweep")
+    if sweep is not None:
+        if source is not None:
+            raise StratadError("--sweep reports a sweep folder; drop --data")
+        from stratad.workflows.report import sweep_report_to_folder
+
+        index = sweep_report_to_folder(sweep, out)
+    else:
+        if source is None:
+            raise StratadError("--model needs --data: the dataset whose test split is reported")
+        if page_size < 1:
+            raise StratadError(f"--page-size must be at least 1, got {page_size}")
+        from stratad.workflows.report import report_to_folder
+
+        assert model is not None
+        index = report_to_folder(
+            model,
+            source,
+            out,
+            missing_masks=missing_masks,
+            device=device,
+            reporter=progress_report,
+            page_size=page_size,
+        )
+    console.print(f"report -> {index}")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        Path, typer.Option("--model", help="model file: .stratad, or .onnx from `stratad export`")
+    ],
+    host: Annotated[
+        str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    device: LoadDeviceOpt = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest accepted image upload (MB)")] = 32.0,
+) -> None:
+    """HTTP inference service: POST /predict, GET /health, GET /model, and a page at / to try images."""
+    from stratad.serve import serve as run_service
+
+    if not 0 < port < 65536:
+        raise StratadError(f"--port must lie in 1..65535, got {port}")
+    console.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
+    run_service(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb)
 
 
 def print_metrics(result: dict[str, Any]) -> None:

@@ -158,7 +158,7 @@ def rates_at_calibration(
     }
     if calibration.pixel_threshold is not None and prediction.maps is not None:
         t = calibration.pixel_threshold
-        over_good = over_bad = n_good = n_bad = 0
+        over_good = over_bad = n_good = n_bad = over_clean = n_clean = any_flagged = 0
         for i in keep:
             anomaly_map = prediction.map_at_original_size(i)
             mask = record_mask(records[i], prediction.original_sizes[i])
@@ -167,11 +167,19 @@ def rates_at_calibration(
             n_bad += int(np.count_nonzero(mask))
             over_good += int(np.count_nonzero(flagged & ~mask))
             n_good += int(mask.size - np.count_nonzero(mask))
+            if not records[i].label:
+                over_clean += int(np.count_nonzero(flagged))
+                n_clean += int(mask.size)
+                any_flagged += bool(flagged.any())
+        n_good_images = sum(1 for i in keep if not records[i].label)
         result["pixel_threshold"] = t
         result["pixel"] = {
             "fpr": over_good / n_good if n_good else None,
             "tpr": over_bad / n_bad if n_bad else None,
             "n_good": n_good,
             "n_defective": n_bad,
+            # the same rate on the good images alone, and how many of them show any flagged pixel
+            "fpr_good_images": over_clean / n_clean if n_clean else None,
+            "good_images_with_flagged_pixels": any_flagged / n_good_images if n_good_images else None,
         }
     return result

@@ -57,6 +57,7 @@ PAGE = """<!doctype html>
 "use strict";
 const el = (id) => document.getElementById(id);
 let maxFiles = null;
+let maxBytes = null;
 
 function showError(text) {
   const box = el("error");
@@ -78,6 +79,7 @@ async function describeModel() {
     const info = await readJson(response);
     if (!response.ok || !info) { el("model").textContent = "model description unavailable"; return; }
     maxFiles = info.limits ? info.limits.max_files : null;
+    maxBytes = info.limits ? info.limits.max_upload_mb * 1048576 : null;
     const parts = [info.backbone, (info.nodes || []).join(" + "), info.detector,
                    info.image_size ? info.image_size + " px" : null].filter(Boolean);
     const t = info.thresholds;
@@ -133,6 +135,15 @@ async function score(files) {
   if (maxFiles !== null && files.length > maxFiles) {
     showError("at most " + maxFiles + " images per upload; " + files.length + " were chosen");
     return;
+  }
+  // The service refuses these too; said here first, without a request the browser would log as failed.
+  for (const file of files) {
+    if (file.size === 0) { showError(file.name + " is empty (0 bytes)"); return; }
+    if (maxBytes !== null && file.size > maxBytes) {
+      showError(file.name + " is " + (file.size / 1048576).toPrecision(3) + " MB; the limit is " +
+                (maxBytes / 1048576).toPrecision(3) + " MB per image");
+      return;
+    }
   }
   const body = new FormData();
   for (const file of files) { body.append("files", file, file.name); }

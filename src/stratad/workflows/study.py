@@ -243,25 +243,36 @@ def evaluate_to_json(
     missing_masks: MissingMasks | str = MissingMasks.error,
     device: str | None = None,
     reporter: Reporter | None = None,
+    report_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The official metrics of a saved model on the test split of ``source`` (and a JSON file)."""
+    """The official metrics of a saved model on the test split of ``source`` (and a JSON file, and
+    with ``report_dir`` the HTML report of :mod:`stratad.report.html`)."""
     from stratad.evaluation import evaluate_pipeline
-    from stratad.export.io import atomic_write, check_output_file
+    from stratad.export.io import atomic_write, check_output_file, check_output_folder
     from stratad.pipeline import Pipeline
 
     reporter = reporter or Reporter()
     if json_out is not None:
         check_output_file(Path(json_out), "metrics.json")
+    if report_dir is not None:
+        check_output_folder(Path(report_dir))
     split = source.load()
     if not split.test:
         raise StratadError(f"{source.root} has no test images")
     pipe = Pipeline.load(model, device=device)
     with reporter.bar("scoring", len(split.test)) as advance:
-        result, _ = evaluate_pipeline(pipe, split.test, advance, missing_masks=missing_masks)
+        result, prediction = evaluate_pipeline(pipe, split.test, advance, missing_masks=missing_masks)
     result["dataset"] = split.name
     if json_out is not None:
         text = json.dumps(result, indent=2)
         atomic_write(Path(json_out), lambda tmp: Path(tmp).write_text(text))
+    if report_dir is not None:
+        from stratad.report.html import render_model_report
+
+        with reporter.bar("report panels", len(split.test)) as advance:
+            render_model_report(
+                pipe, split.test, prediction, result, Path(report_dir), title=split.name, progress=advance
+            )
     return result
 
 
