@@ -542,14 +542,24 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     device: LoadDeviceOpt = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted image upload (MB)")] = 32.0,
+    max_files: Annotated[int, typer.Option(help="most images in one request")] = 16,
+    max_megapixels: Annotated[float, typer.Option(help="largest accepted image (megapixels)")] = 100.0,
 ) -> None:
     """HTTP inference service: POST /predict, GET /health, GET /model, and a page at / to try images."""
     from stratad.serve import serve as run_service
 
-    if not 0 < port < 65536:
-        raise StratadError(f"--port must lie in 1..65535, got {port}")
-    console.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
-    run_service(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb)
+    if not 0 <= port < 65536:
+        raise StratadError(f"--port must lie in 0..65535 (0: any free port), got {port}")
+    run_service(
+        model,
+        host=host,
+        port=port,
+        device=device,
+        max_upload_mb=max_upload_mb,
+        max_files=max_files,
+        max_megapixels=max_megapixels,
+        on_ready=lambda url: console.print(f"serving {model} on {url} (Ctrl-C stops)"),
+    )
 
 
 def print_metrics(result: dict[str, Any]) -> None:

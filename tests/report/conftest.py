@@ -15,7 +15,7 @@ from tests.conftest import make_mvtec
 #: the tiny model: two nodes at 64 px, a small coreset (fits in about a second)
 SETTINGS = {"nodes": ["blocks.2", "blocks.3"], "image_size": 64, "detector_params": {"coreset_size": 100}}
 #: a good test image whose name is HTML: the page must show it as text
-ODD_NAME = "<b>odd</b> & name.png"
+ODD_NAME = "<b>odd<i> & name.png"
 
 
 @dataclass

@@ -382,3 +382,44 @@ def test_page_scores_a_dropped_image(service: Service, tmp_path: Path) -> None:
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         # the refused upload made the browser log its 415 as a failed resource load; nothing else
         assert [e for e in browser.errors if "status of 415" not in e] == []
+
+
+def test_the_serve_command_prints_its_url_serves_and_stops_on_ctrl_c(fitted: tuple[Path, Path]) -> None:
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, _ = fitted
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "stratad", "serve", "--model", str(model), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    stream = proc.stderr
+    threading.Thread(target=lambda: [lines.put(x) for x in stream], daemon=True).start()
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "http://" not in line and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "the service exited before it served"
+        assert "http://127.0.0.1:" in line, line
+        url = line[line.index("http://") :].split()[0].rstrip("/")
+        status, body = get(url + "/health")
+        assert status == 200 and body == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "stratad", "serve", "--model", str(model.with_name("none.stratad"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [x for x in bad.stderr.splitlines() if x.strip()]
+    assert bad.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), bad.stderr

@@ -48,8 +48,9 @@ PRO_FPR_LIMIT = 0.3
 PRO_MAX_PIXELS = 20_000_000
 #: Points of a drawn curve beyond which it is resampled (matplotlib gets slow, the PNG does not gain).
 _MAX_CURVE_POINTS = 4000
-#: Panel files written by this module; only these are removed when a report is written again.
+#: Panel files written by this module (and their temporaries); only these are ever removed.
 _PANEL_FILE = re.compile(r"^\d{5,}_(input|truth|overlay|mask)\.(jpg|png)$")
+_PANEL_TEMP = re.compile(r"^\.\d{5,}_(input|truth|overlay|mask)\.(jpg|png)\.\d+\.tmp$")
 _CELLS = ("input", "truth", "overlay", "mask")
 
 
@@ -211,6 +212,20 @@ def _write(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def _write_panel_file(path: Path, data: bytes) -> None:
+    """Write then rename, as :func:`stratad.export.io.atomic_write` does, without its scan of the
+    folder for stale temporary files at every write: with thousands of panels that scan made writing
+    them quadratic (8000 files: 17 s). Stale temporaries are removed once per report instead
+    (:func:`_remove_stale_panels`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _draw_panel(
     rank: int,
     record: ImageRecord,
@@ -238,7 +253,7 @@ def _draw_panel(
 
     def put(cell: str, image: np.ndarray, fmt: str) -> None:
         name = f"{rank:05d}_{cell}.{fmt}"
-        _write(folder / name, encode_image(image, fmt))
+        _write_panel_file(folder / name, encode_image(image, fmt))
         cells[cell] = {"src": f"{folder.name}/{name}", "note": None}
 
     put("input", small_rgb, "jpg")
@@ -279,9 +294,10 @@ def _draw_panel(
 
 def _remove_stale_panels(folder: Path, written: set[str]) -> None:
     """Panel files of an earlier report in the same folder (more images then) that this one does not
-    use; any other file is left alone."""
+    use, and temporaries of a killed run; any other file is left alone."""
     for path in folder.iterdir():
-        if _PANEL_FILE.match(path.name) and path.name not in written:
+        stale = _PANEL_FILE.match(path.name) and path.name not in written
+        if stale or _PANEL_TEMP.match(path.name):
             path.unlink(missing_ok=True)
 
 
@@ -353,7 +369,8 @@ def _environment() -> Any:
 
 def _write_page(path: Path, template: str, **context: Any) -> Path:
     text = _environment().get_template(template).render(**context)
-    _write(path, text.encode("utf-8"))
+    # a file name that is not UTF-8 (a surrogate escape) shows as \udce9 instead of failing the page
+    _write(path, text.encode("utf-8", errors="backslashreplace"))
     return path
 
 
@@ -377,6 +394,7 @@ def render_model_report(
     from concurrent.futures import ThreadPoolExecutor
 
     from stratad.data.datasets import pixel_records
+    from stratad.export.io import check_output_folder
     from stratad.metrics import aupro_key
 
     check_page_size(page_size)
@@ -385,9 +403,9 @@ def render_model_report(
             f"the report needs one prediction per image: {len(records)} images, "
             f"{len(prediction.paths)} predictions"
         )
-    out = Path(out)
+    out = check_output_folder(out)
     folder = out / "panels"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     calibration = getattr(pipeline, "calibration_", None)
     bit_depth = getattr(getattr(pipeline, "config", None), "bit_depth", None)
     scores = np.asarray(prediction.image_scores, dtype=np.float64)
@@ -440,12 +458,13 @@ def render_model_report(
         fprs, pros, size = pro_points(records, prediction, keep)
         aupro = metrics.get(aupro_key(PRO_FPR_LIMIT))
         pixel_fpr = (at.get("pixel") or {}).get("fpr")
-        note = f"(maps at {size}×{size})" if size else ""
+        note = f"(maps at {size}×{size})" if size else ""  # many pixels: see PRO_MAX_PIXELS
         plots.append(
             {
                 "src": pro_plot(fprs, pros, aupro, pixel_fpr, note),
                 "alt": "PRO curve",
                 "caption": f"Per-region overlap up to FPR {PRO_FPR_LIMIT:g}"
+                + (f", from the maps at the network size, {size}×{size}" if size else "")
                 + (
                     "; dashed: the pixel threshold."
                     if pixel_fpr is not None and pixel_fpr <= PRO_FPR_LIMIT
@@ -552,6 +571,7 @@ def render_sweep_report(folder: str | Path, out: str | Path) -> Path:
     and the chosen metrics against each node's relative receptive field. Returns the page's path."""
     import tempfile
 
+    from stratad.export.io import check_output_folder
     from stratad.report.plots import performance_vs_receptive_field
     from stratad.selection.config import COMBINATION_SEPARATOR
 
@@ -633,9 +653,8 @@ def render_sweep_report(folder: str | Path, out: str | Path) -> Path:
         if stamp.get(key):
             facts.append((name, str(stamp[key])))
     title = f"nodes of {backbone}" + (f" on {stamp['label']}" if stamp.get("label") else "")
-    out.mkdir(parents=True, exist_ok=True)
     return _write_page(
-        out / "index.html",
+        check_output_folder(out) / "index.html",
         "sweep.html",
         title=title,
         source=display_text(folder),
@@ -842,7 +861,8 @@ _MODEL = """{% extends "base.html" %}
     var name = el("span", "name", p.name);
     name.title = p.path;
     info.appendChild(name);
-    info.appendChild(el("span", p.label, p.label === "good" ? "good" : "defective: " + p.defect_type));
+    var truth = p.label === "good" ? "good" : "defective: " + p.defect_type;
+    info.appendChild(el("span", "label " + p.label, truth));
     info.appendChild(el("span", "score", "score " + p.score));
     if (p.normalized !== null) { info.appendChild(el("span", "normalized", "normalised " + p.normalized)); }
     if (p.decision !== null) { info.appendChild(el("span", "verdict " + p.decision, p.decision)); }

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         write_synthetic_set,
     )
     from stratad.workflows.pretrain import PretrainRun, pretrain_to_file
+    from stratad.workflows.report import report_to_folder, sweep_report_to_folder
     from stratad.workflows.study import (
         SweepRun,
         analyze_sweeps,
@@ -44,6 +45,8 @@ _WHERE = {
     "fit_to_file": "fit",
     "PretrainRun": "pretrain",
     "pretrain_to_file": "pretrain",
+    "report_to_folder": "report",
+    "sweep_report_to_folder": "report",
     **dict.fromkeys(
         [
             "MapFormat",
@@ -93,8 +96,10 @@ __all__ = [
     "pretrain_to_file",
     "read_png16_map",
     "receptive_field_report",
+    "report_to_folder",
     "select_to_folder",
     "study_to_folder",
+    "sweep_report_to_folder",
     "sweep_to_folder",
     "write_synthetic_set",
 ]
