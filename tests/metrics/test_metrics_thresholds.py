@@ -111,8 +111,12 @@ def test_calibration_normalises_to_one_half_at_the_threshold_and_round_trips() -
 
     from stratad.metrics.thresholds import Calibration
 
-    cal = Calibration(method="fpr", image_threshold=2.0, image_scale=0.5, pixel_threshold=1.0, pixel_scale=0.1)
-    assert float(cal.normalize(2.0)) == 0.5 and float(cal.normalize(2.5)) == pytest.approx(1 / (1 + math.e**-1))
+    cal = Calibration(
+        method="fpr", image_threshold=2.0, image_scale=0.5, pixel_threshold=1.0, pixel_scale=0.1
+    )
+    assert float(cal.normalize(2.0)) == 0.5 and float(cal.normalize(2.5)) == pytest.approx(
+        1 / (1 + math.e**-1)
+    )
     values = cal.normalize(np.array([-1e9, 0.0, 1.9, 2.1, 1e9]))
     assert np.all(np.isfinite(values)) and values[0] >= 0 and values[-1] <= 1  # no overflow
     assert np.all(np.diff(values) >= 0) and values[1] < values[2] < 0.5 < values[3]  # monotone
