@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2, norm
 
 from stratad.errors import DataError
 
@@ -28,6 +27,8 @@ def chi2_threshold(dim: int, fpr: float) -> float:
         raise DataError(f"dim must be a positive integer (the feature dimension), got {dim!r}.")
     if not 0.0 < fpr < 1.0:
         raise DataError(f"fpr must be strictly between 0 and 1, got {fpr}.")
+    from scipy.stats import chi2
+
     # isf(fpr) instead of ppf(1 - fpr): for small rates 1 - fpr rounds away the digits that matter.
     return math.sqrt(float(chi2.isf(fpr, df=int(dim))))
 
@@ -40,6 +41,8 @@ def sigma_to_fpr(k: float) -> float:
     """
     if not math.isfinite(k) or k < 0:
         raise DataError(f"k (the number of standard deviations) must be a finite number >= 0, got {k}.")
+    from scipy.stats import norm
+
     # norm.sf(k) instead of 1 - norm.cdf(k): the subtraction cancels for large k.
     return float(2.0 * norm.sf(k))
 
