@@ -457,6 +457,44 @@ CASES = [
         ],
         "the data",
     ),
+    # -- decisions, report, service --
+    Case(
+        "fit",
+        "`--calibrate fpr=0.01` with too few training images to hold out",
+        _fit("--calibrate", "fpr=0.01"),
+        "needs at least 99 held-out good images",
+    ),
+    Case("fit", "`--calibrate fpr=1.5`", _fit("--calibrate", "fpr=1.5"), "strictly between 0 and 1"),
+    Case(
+        "fit",
+        "`--calibrate` naming a folder that does not exist",
+        _fit("--calibrate", "no/such/folder"),
+        "or a labelled validation folder",
+    ),
+    Case(
+        "fit",
+        "`--calibrate` with a validation folder without good/",
+        lambda e: _fit("--calibrate", str(e.data / "test" / "spot"))(e),
+        "has no good/ folder",
+    ),
+    Case(
+        "report",
+        "`--sweep` on a folder without nodes.csv",
+        lambda e: ["report", "--sweep", str(e.data), "--out", e.p("rep")],
+        "nodes.csv",
+    ),
+    Case(
+        "report",
+        "`--model` without `--data`",
+        lambda e: ["report", "--model", str(e.model), "--out", e.p("rep")],
+        "--model needs --data",
+    ),
+    Case(
+        "serve",
+        "a model file that does not exist",
+        lambda e: ["serve", "--model", e.p("missing.stratad"), "--port", "0"],
+        "not found",
+    ),
 ]
 
 

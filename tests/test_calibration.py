@@ -160,3 +160,24 @@ def test_bad_calibration_requests_are_one_line_errors(
     assert result.returncode == 1 and not out.exists()
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+
+
+def test_evaluate_writes_the_report_and_report_refuses_mixed_requests(
+    data: Path, calibrated: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report"
+    ev = stratad(
+        "evaluate", "--model", str(calibrated), "--data", str(data), "--report", str(report), "--no-progress"
+    )
+    assert ev.returncode == 0, ev.stderr
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert "image threshold" in page and len(list((report / "panels").glob("*_overlay.jpg"))) == 12
+    for args, needle in (
+        (["--model", str(calibrated)], "--model needs --data"),
+        (["--model", str(calibrated), "--sweep", str(tmp_path)], "either --model (with --data) or --sweep"),
+        (["--sweep", str(tmp_path), "--data", str(data)], "drop --data"),
+        ([], "either --model (with --data) or --sweep"),
+    ):
+        result = stratad("report", *args, "--out", str(tmp_path / "r2"), "--no-progress")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(lines) == 1 and needle in lines[0], result.stderr
