@@ -118,7 +118,8 @@ def main() -> None:
             print(
                 f"{detector:10s} {name:20s} image FPR {o['image']['fpr']:.4f} TPR {o['image']['tpr']:.4f} | "
                 f"pixel FPR {o['pixel']['fpr']:.5f} (good images {o['pixel']['fpr_good_images']:.5f}) "
-                f"TPR {o['pixel']['tpr']:.4f}",
+                f"TPR {o['pixel']['tpr']:.4f} | masks FPR {o['pixel']['masks']['fpr']:.5f} "
+                f"TPR {o['pixel']['masks']['tpr']:.4f}",
                 flush=True,
             )
     payload = {

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stratad.data.datasets import DataSource, ImageRecord
-from stratad.errors import ModelFileError
+from stratad.errors import ModelFileError, StratadError
 from stratad.pipeline import Pipeline
 from tests.clirun import stratad
 from tests.conftest import make_mvtec
@@ -57,6 +57,10 @@ def test_fpr_thresholds_are_the_quantiles_of_the_held_out_images(data: Path, cal
 def test_predict_and_evaluate_apply_the_stored_thresholds(
     data: Path, calibrated: Path, tmp_path: Path
 ) -> None:
+    from PIL import Image
+
+    from stratad.data.datasets import record_mask
+
     out = tmp_path / "pred"
     result = stratad(
         "predict",
@@ -66,22 +70,55 @@ def test_predict_and_evaluate_apply_the_stored_thresholds(
         "--recursive",
         "--out",
         str(out),
+        "--maps",
+        "npy",
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
     cal = Pipeline.load(calibrated).calibration_
-    assert cal is not None
+    assert cal is not None and cal.pixel_threshold is not None
     with open(out / "scores.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
     assert len(rows) == 12
+    by_hand = {
+        "fp": 0,
+        "tp": 0,
+        "n_good": 0,
+        "n_bad": 0,
+        "mask_fp": 0,
+        "mask_tp": 0,
+        "clean_fp": 0,
+        "clean": 0,
+    }
     for row in rows:
         score = float(row["score"])
-        assert row["decision"] == ("defective" if score > cal.image_threshold else "good")
-        assert (float(row["normalized_score"]) > 0.5) == (row["decision"] == "defective")
-        from PIL import Image
-
+        defective = score > cal.image_threshold
+        assert row["decision"] == ("defective" if defective else "good")
+        assert (float(row["normalized_score"]) > 0.5) == defective
+        full = np.load(out / row["map"])
         mask = np.asarray(Image.open(out / row["mask"])) > 0
-        assert mask.shape == (64, 64) and float(row["defect_area"]) == pytest.approx(mask.mean())
+        # the mask is the pixels over the pixel threshold in an image judged defective, else empty
+        assert np.array_equal(mask, (full > cal.pixel_threshold) & defective)
+        assert float(row["defect_area"]) == pytest.approx(mask.mean())
+        path = Path(row["image"])
+        label = path.parent.name != "good"
+        truth = record_mask(
+            ImageRecord(
+                path,
+                int(label),
+                mask_path=data / "ground_truth" / "spot" / f"{path.stem}_mask.png" if label else None,
+            )
+        )
+        flagged = full > cal.pixel_threshold
+        by_hand["fp"] += int((flagged & ~truth).sum())
+        by_hand["tp"] += int((flagged & truth).sum())
+        by_hand["mask_fp"] += int((mask & ~truth).sum())
+        by_hand["mask_tp"] += int((mask & truth).sum())
+        by_hand["n_good"] += int((~truth).sum())
+        by_hand["n_bad"] += int(truth.sum())
+        if not label:
+            by_hand["clean_fp"] += int(flagged.sum())
+            by_hand["clean"] += flagged.size
     bad = [r for r in rows if "spot" in r["image"]]
     assert all(r["decision"] == "defective" for r in bad)  # bright squares: every one is found
     metrics = tmp_path / "m.json"
@@ -94,8 +131,13 @@ def test_predict_and_evaluate_apply_the_stored_thresholds(
     good = [float(r["score"]) for r in rows if "good" in r["image"]]
     assert at["image"]["fpr"] == pytest.approx(np.mean(np.array(good) > cal.image_threshold))
     assert at["image"]["tpr"] == 1.0 and at["image"]["n_good"] == 6 and at["image"]["n_defective"] == 6
-    assert 0 <= at["pixel"]["fpr"] <= 1 and at["pixel"]["tpr"] > 0.5
-    assert at["pixel"]["n_good"] + at["pixel"]["n_defective"] == 12 * 64 * 64
+    pixel = at["pixel"]
+    assert (pixel["n_good"], pixel["n_defective"]) == (by_hand["n_good"], by_hand["n_bad"])
+    assert pixel["fpr"] == pytest.approx(by_hand["fp"] / by_hand["n_good"])
+    assert pixel["tpr"] == pytest.approx(by_hand["tp"] / by_hand["n_bad"])
+    assert pixel["fpr_good_images"] == pytest.approx(by_hand["clean_fp"] / by_hand["clean"])
+    assert pixel["masks"]["fpr"] == pytest.approx(by_hand["mask_fp"] / by_hand["n_good"])
+    assert pixel["masks"]["tpr"] == pytest.approx(by_hand["mask_tp"] / by_hand["n_bad"])
 
 
 def test_a_labelled_folder_gives_f1_optimal_thresholds(data: Path, tmp_path: Path) -> None:
@@ -114,6 +156,42 @@ def test_a_labelled_folder_gives_f1_optimal_thresholds(data: Path, tmp_path: Pat
     labels = np.array([0] * 6 + [1] * 6)
     assert cal.image_f1 == pytest.approx(f1_max(labels, scores.image_scores))
     assert cal.pixel_threshold is not None and cal.pixel_f1 is not None and cal.pixel_f1 > 0.5
+    # the stored pixel threshold, applied as every command applies it, gives the stored F1
+    from stratad.data.datasets import record_mask
+
+    truth = np.concatenate(
+        [np.zeros(6 * 64 * 64, bool)]
+        + [
+            record_mask(ImageRecord(p, 1, mask_path=val / "spot" / "masks" / f"{p.stem}_mask.png")).ravel()
+            for p in sorted(val.glob("spot/*.png"))
+        ]
+    )
+    flagged = np.concatenate([cal.mask(scores.map_at_original_size(i)).ravel() for i in range(12)])
+    tp = int((flagged & truth).sum())
+    assert 2 * tp / (int(flagged.sum()) + int(truth.sum())) == pytest.approx(cal.pixel_f1, abs=1e-12)
+    # a folder of the dataset's own images, or one without defects, is refused before any fitting
+    for folder, needle in ((data / "test", "images of the test split"), (val / "good", "no good/ folder")):
+        with pytest.raises(StratadError, match=needle):
+            fit_to_file(DataSource(root=data), SETTINGS, tmp_path / "x.stratad", calibrate=str(folder))
+    only_good = tmp_path / "only_good"
+    shutil.copytree(val / "good", only_good / "good")
+    with pytest.raises(StratadError, match="only good images"):
+        fit_to_file(DataSource(root=data), SETTINGS, tmp_path / "x.stratad", calibrate=str(only_good))
+
+
+def test_evaluating_on_images_that_calibrated_the_thresholds_is_refused(tmp_path: Path) -> None:
+    from stratad.workflows import evaluate_to_json, fit_to_file
+
+    cat = make_mvtec(tmp_path / "src", n_train=40, n_good=0, n_bad=4)
+    plain = tmp_path / "plain"
+    shutil.copytree(cat / "train" / "good", plain / "good")
+    shutil.copytree(cat / "test" / "spot", plain / "spot")
+    shutil.copytree(cat / "ground_truth" / "spot", plain / "spot" / "masks")
+    model = tmp_path / "m.stratad"
+    fit_to_file(DataSource(root=plain, seed=0), SETTINGS, model, calibrate="fpr=0.2", holdout=0.25)
+    evaluate_to_json(model, DataSource(root=plain, seed=0))  # the fit's own split: fine
+    with pytest.raises(StratadError, match="calibrated this model's thresholds"):
+        evaluate_to_json(model, DataSource(root=plain, seed=1))
 
 
 def test_calibration_survives_save_and_load_and_a_refit_drops_it(calibrated: Path, tmp_path: Path) -> None:

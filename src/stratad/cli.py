@@ -543,7 +543,7 @@ def serve(
     device: LoadDeviceOpt = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest accepted image upload (MB)")] = 32.0,
     max_files: Annotated[int, typer.Option(help="most images in one request")] = 16,
-    max_megapixels: Annotated[float, typer.Option(help="largest accepted image (megapixels)")] = 100.0,
+    max_megapixels: Annotated[float, typer.Option(help="largest accepted image (megapixels)")] = 40.0,
 ) -> None:
     """HTTP inference service: POST /predict, GET /health, GET /model, and a page at / to try images."""
     from stratad.serve import serve as run_service

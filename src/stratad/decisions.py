@@ -21,7 +21,8 @@ class ImageDecision:
     defective: bool | None
     #: the map at the image's own size (None for detectors without maps)
     anomaly_map: np.ndarray | None
-    #: pixels over the pixel threshold, at the image's own size (None without a pixel threshold)
+    #: pixels over the pixel threshold, at the image's own size, in an image judged defective (empty
+    #: for an image judged good; None without a pixel threshold)
     mask: np.ndarray | None
     #: fraction of the image's pixels in the mask, and their number
     defect_area: float | None
@@ -48,19 +49,16 @@ def decide(
     full = None if small_map is None else resize_map(small_map, size)
     if calibration is None:
         return ImageDecision(float(score), None, None, full, None, None, None)
+    defective = bool(calibration.decide(score))
     mask = area = count = None
     if full is not None and calibration.pixel_threshold is not None:
-        mask = calibration.mask(full)
+        # The decision says whether, the mask where: an image judged good has an empty mask (at a
+        # pixel rate of 1 %, most good images have a few pixels over the pixel threshold).
+        mask = calibration.mask(full) if defective else np.zeros(full.shape, dtype=bool)
         count = int(np.count_nonzero(mask))
         area = count / mask.size
     return ImageDecision(
-        float(score),
-        float(calibration.normalize(score)),
-        bool(calibration.decide(score)),
-        full,
-        mask,
-        area,
-        count,
+        float(score), float(calibration.normalize(score)), defective, full, mask, area, count
     )
 
 

@@ -48,6 +48,7 @@ def evaluate_pipeline(
         raise StratadError("the test set is empty")
     if pipeline.detector.localizes:
         pixel_records(list(records), missing_masks)
+    check_not_calibrated_on(pipeline.calibration_, records)
     t0 = time.perf_counter()
     prediction = pipeline.predict(records, progress)
     predict_s = time.perf_counter() - t0
@@ -69,6 +70,26 @@ def evaluate_pipeline(
 
 
 # -- calibration: thresholds stored in the model file ---------------------------------------------------
+#: pixels entering the pixel F1 threshold (an evenly spaced sample of larger validation sets)
+F1_MAX_PIXELS = 20_000_000
+
+
+def check_not_calibrated_on(calibration: Any, records: Sequence[ImageRecord]) -> None:
+    """Refuse to measure a model on images its thresholds were calibrated on (a held-out training
+    image that another ``--seed`` / ``--train-fraction`` moved into the test split)."""
+    from stratad.metrics.thresholds import path_digest
+
+    if calibration is None or not calibration.image_digests:
+        return
+    used = set(calibration.image_digests)
+    overlap = [r.path for r in records if path_digest(r.path) in used]
+    if overlap:
+        raise StratadError(
+            f"{len(overlap)} test images (e.g. {overlap[0]}) calibrated this model's thresholds; use the "
+            "split the model was fitted with (the same --seed and --train-fraction)"
+        )
+
+
 def calibrate_on_good(
     pipeline: Pipeline,
     records: Sequence[ImageRecord],
@@ -80,7 +101,7 @@ def calibrate_on_good(
     not fitted on (:func:`stratad.metrics.thresholds.quantile_threshold`). The pixel threshold is the
     same quantile of every pixel of their maps at the images' own sizes; pixels of one image are
     correlated, so its confidence is that of the images, not of the pixel count."""
-    from stratad.metrics.thresholds import Calibration, normal_spread, quantile_threshold
+    from stratad.metrics.thresholds import Calibration, normal_spread, path_digest, quantile_threshold
 
     quantile_threshold(np.zeros(len(records)), fpr)  # too few images: refused before any scoring
     prediction = pipeline.predict(list(records), progress)
@@ -101,6 +122,7 @@ def calibrate_on_good(
         fpr_upper_95=image.fpr_upper_95,
         n_good=len(records),
         source=source,
+        image_digests=tuple(sorted(path_digest(r.path) for r in records)),
     )
 
 
@@ -125,7 +147,10 @@ def calibrate_on_labelled(
         maps = [prediction.map_at_original_size(i) for i in range(len(records))]
         masks = [record_mask(r, prediction.original_sizes[i]) for i, r in enumerate(records)]
         values = np.concatenate([m.ravel() for m in maps])
-        truth = np.concatenate([m.ravel() for m in masks]).astype(np.int64)
+        truth = np.concatenate([m.ravel() for m in masks])
+        if values.size > F1_MAX_PIXELS:  # an evenly spaced sample: the sort stays within memory
+            step = -(-values.size // F1_MAX_PIXELS)
+            values, truth = values[::step], truth[::step]
         pixel_t, pixel_f1 = f1_threshold(truth, values)
         pixel_s = normal_spread(values[truth == 0], pixel_t)
     return Calibration(
@@ -158,28 +183,47 @@ def rates_at_calibration(
     }
     if calibration.pixel_threshold is not None and prediction.maps is not None:
         t = calibration.pixel_threshold
-        over_good = over_bad = n_good = n_bad = over_clean = n_clean = any_flagged = 0
+        flagged_images = calibration.decide(scores)
+        # counts over: every pixel over the threshold / only in images judged defective (the masks
+        # predict writes); defect-free pixels, defect pixels, pixels of good images
+        over = {"all": [0, 0, 0], "masks": [0, 0, 0]}
+        n_good = n_bad = n_clean = any_flagged = 0
         for i in keep:
             anomaly_map = prediction.map_at_original_size(i)
             mask = record_mask(records[i], prediction.original_sizes[i])
             flagged = anomaly_map > t
-            over_bad += int(np.count_nonzero(flagged & mask))
+            counts = [
+                int(np.count_nonzero(flagged & ~mask)),
+                int(np.count_nonzero(flagged & mask)),
+                0 if records[i].label else int(np.count_nonzero(flagged)),
+            ]
+            for kind, gate in (("all", True), ("masks", bool(flagged_images[i]))):
+                if gate:
+                    over[kind] = [a + b for a, b in zip(over[kind], counts, strict=True)]
             n_bad += int(np.count_nonzero(mask))
-            over_good += int(np.count_nonzero(flagged & ~mask))
             n_good += int(mask.size - np.count_nonzero(mask))
             if not records[i].label:
-                over_clean += int(np.count_nonzero(flagged))
                 n_clean += int(mask.size)
                 any_flagged += bool(flagged.any())
         n_good_images = sum(1 for i in keep if not records[i].label)
+
+        def rates(kind: str) -> dict[str, float | None]:
+            fp, tp, clean = over[kind]
+            return {
+                "fpr": fp / n_good if n_good else None,
+                "tpr": tp / n_bad if n_bad else None,
+                # the false-positive rate on the good images alone
+                "fpr_good_images": clean / n_clean if n_clean else None,
+            }
+
         result["pixel_threshold"] = t
         result["pixel"] = {
-            "fpr": over_good / n_good if n_good else None,
-            "tpr": over_bad / n_bad if n_bad else None,
+            **rates("all"),
             "n_good": n_good,
             "n_defective": n_bad,
-            # the same rate on the good images alone, and how many of them show any flagged pixel
-            "fpr_good_images": over_clean / n_clean if n_clean else None,
+            # good images with any pixel over the threshold (their masks are empty when judged good)
             "good_images_with_flagged_pixels": any_flagged / n_good_images if n_good_images else None,
+            # the masks predict writes: pixels over the threshold in images judged defective only
+            "masks": rates("masks"),
         }
     return result

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -79,7 +80,12 @@ def get(url: str) -> tuple[int, Any]:
         return err.code, json.loads(err.read())
 
 
-def post(url: str, files: list[tuple[str, str, bytes]], content_type: str | None = None) -> tuple[int, Any]:
+def post(
+    url: str,
+    files: list[tuple[str, str, bytes]],
+    content_type: str | None = None,
+    origin: str | None = None,
+) -> tuple[int, Any]:
     """POST multipart/form-data: ``files`` as (field, file name, bytes)."""
     boundary = uuid.uuid4().hex
     body = (
@@ -93,6 +99,8 @@ def post(url: str, files: list[tuple[str, str, bytes]], content_type: str | None
         + f"--{boundary}--\r\n".encode()
     )
     headers = {"Content-Type": content_type or f"multipart/form-data; boundary={boundary}"}
+    if origin is not None:
+        headers["Origin"] = origin
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -128,7 +136,7 @@ def test_health_and_model(service: Service) -> None:
     assert info["thresholds"]["image_threshold"] == pipe.calibration_.image_threshold
     assert info["thresholds"]["pixel_threshold"] == pipe.calibration_.pixel_threshold
     assert info["thresholds"]["target_fpr"] == 0.2
-    assert info["limits"] == {"max_upload_mb": 32.0, "max_files": 16, "max_megapixels": 100.0}
+    assert info["limits"] == {"max_upload_mb": 32.0, "max_files": 16, "max_megapixels": 40.0}
 
 
 def test_predict_one_image_matches_the_pipeline(service: Service) -> None:
@@ -206,14 +214,74 @@ def test_concurrent_requests_and_the_model_loaded_once(service: Service) -> None
         for _ in range(3):
             answers.append(post(service.url + "/predict", [("files", "a.png", data)]))
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    model = service.app.state.service.model
+    original = model.score_image
+    running, most = [0], [0]
+    count_lock = threading.Lock()
+
+    def counted(rgb: np.ndarray) -> Any:
+        with count_lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.02)  # long enough for another request to arrive meanwhile
+            return original(rgb)
+        finally:
+            with count_lock:
+                running[0] -= 1
+
+    model.score_image = counted
+    try:
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        model.score_image = original
     assert [status for status, _ in answers] == [200] * 12
-    assert len({answer["results"][0]["score"] for _, answer in answers}) == 1  # one forward at a time
+    assert len({answer["results"][0]["score"] for _, answer in answers}) == 1
+    assert most[0] == 1  # one forward at a time
     assert service.loads == [service.model]
+
+
+def test_refused_formats_origins_and_a_busy_service(fitted: tuple[Path, Path], service: Service) -> None:
+    good = png_bytes(service.data / "test" / "good" / "000.png")
+    # EPS (PostScript): Pillow would hand it to Ghostscript; only image formats are opened
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    got, answer = post(service.url + "/predict", [("files", "x.eps", eps)])
+    assert got == 415 and "not an image of an accepted format" in one_line_detail(answer)
+    got, answer = post(service.url + "/predict", [("files", "a.png", good)], origin="http://evil.example")
+    assert got == 403 and "cross-origin" in one_line_detail(answer)
+    own = service.url.split("://", 1)[1].rstrip("/")
+    assert post(service.url + "/predict", [("files", "a.png", good)], origin=f"http://{own}")[0] == 200
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2, 31000, 3), np.uint8)).save(buffer, format="PNG")
+    got, answer = post(service.url + "/predict", [("files", "long.png", buffer.getvalue())])
+    assert got == 413 and "longest side" in one_line_detail(answer)
+    model, _ = fitted
+    app = create_app(model, max_concurrent=1)
+    gate, entered = threading.Event(), threading.Event()
+    original = app.state.service.model.score_image
+
+    def slow(rgb: np.ndarray) -> Any:
+        entered.set()
+        gate.wait(30)
+        return original(rgb)
+
+    app.state.service.model.score_image = slow
+    with BackgroundServer(app) as server:
+        first: list[tuple[int, Any]] = []
+        thread = threading.Thread(
+            target=lambda: first.append(post(server.url + "/predict", [("files", "a.png", good)]))
+        )
+        thread.start()
+        assert entered.wait(30)
+        got, answer = post(server.url + "/predict", [("files", "a.png", good)])
+        gate.set()
+        thread.join()
+        assert got == 503 and "busy" in one_line_detail(answer)
+        assert first[0][0] == 200
 
 
 def one_line_detail(answer: Any) -> str:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: The only formats Pillow may open (a file's content decides its format, not its name): without
+#: this list an EPS upload, or an EPS file named ``.png``, would run Ghostscript on its PostScript.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 
 
 def is_image_file(path: Path) -> bool:
@@ -54,7 +57,9 @@ def _decode(source: Path | bytes, name: Path | str | None = None) -> np.ndarray:
     def read_bytes() -> bytes:
         return source if isinstance(source, bytes) else source.read_bytes()
 
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+    with Image.open(
+        io.BytesIO(source) if isinstance(source, bytes) else source, formats=PIL_FORMATS
+    ) as opened:
         tiles = getattr(opened, "tile", None) or []
         rawmode = (
             str(tiles[0].args[0] if isinstance(tiles[0].args, tuple) else tiles[0].args) if tiles else ""
@@ -173,7 +178,7 @@ def detect_bit_depth(paths: Iterable[str | Path]) -> int:
     for path in paths:
         source = Path(path)
         try:
-            with Image.open(source) as img:
+            with Image.open(source, formats=PIL_FORMATS) as img:
                 if not _stored_above_8_bit(img):
                     continue
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
@@ -263,7 +268,7 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
 def image_size_of(path: str | Path) -> tuple[int, int]:
     """(height, width) read from the header only."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             return img.size[1], img.size[0]
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,9 @@ def quantile_threshold(good_scores: np.ndarray, fpr: float) -> QuantileThreshold
     """
     from scipy.stats import beta
 
-    scores = np.sort(np.asarray(good_scores, dtype=np.float64).reshape(-1))
+    scores = np.asarray(good_scores).reshape(-1)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
     n = int(scores.size)
     if not 0.0 < fpr < 1.0:
         raise DataError(f"the target false-positive rate must lie strictly between 0 and 1, got {fpr}")
@@ -91,8 +94,10 @@ def quantile_threshold(good_scores: np.ndarray, fpr: float) -> QuantileThreshold
             "hold out more training images or target a larger rate"
         )
     k = max(k, 1)
+    # the k-th smallest without a full sort or a float64 copy (pixel scores run to millions)
+    kth = float(np.partition(scores, k - 1)[k - 1])
     return QuantileThreshold(
-        threshold=float(scores[k - 1]),
+        threshold=kth,
         rank=k,
         n=n,
         expected_fpr=(n + 1 - k) / (n + 1),
@@ -107,8 +112,10 @@ def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     precision-recall curve (the largest float below it)."""
     from sklearn.metrics import precision_recall_curve
 
-    y = np.asarray(labels).reshape(-1).astype(np.int64)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(np.int8)
+    s = np.asarray(scores).reshape(-1)
+    if s.dtype.kind != "f":
+        s = s.astype(np.float64)
     if y.size != s.size or y.size == 0:
         raise DataError(f"labels and scores must have the same, non-zero length, got {y.size} and {s.size}")
     if y.min() == y.max():
@@ -116,13 +123,23 @@ def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     precision, recall, cuts = precision_recall_curve(y, s)
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-300)
     best = int(np.argmax(f1))
-    return float(np.nextafter(cuts[best], -np.inf)), float(f1[best])
+    # one step below the cut in the scores' own precision: float32 maps compared with the stored
+    # threshold (NumPy casts it to float32) flag exactly the values >= the cut
+    cut = s.dtype.type(cuts[best])
+    return float(np.nextafter(cut, s.dtype.type(-np.inf))), float(f1[best])
+
+
+#: values used for the spread of normalised scores (an evenly spaced sample of larger sets)
+SPREAD_SAMPLE = 1_000_000
 
 
 def normal_spread(good_scores: np.ndarray, threshold: float) -> float:
     """The scale of normalised scores: the standard deviation of the good calibration scores (a
     positive fallback of 1e-3 |threshold| when they do not vary)."""
-    s = np.asarray(good_scores, dtype=np.float64).reshape(-1)
+    s = np.asarray(good_scores).reshape(-1)
+    if s.size > SPREAD_SAMPLE:  # millions of pixels: an evenly spaced sample gives the same spread
+        s = s[:: math.ceil(s.size / SPREAD_SAMPLE)]
+    s = s.astype(np.float64)
     spread = float(s.std(ddof=1)) if s.size > 1 else 0.0
     if not spread > 0 or not math.isfinite(spread):
         spread = 1e-3 * max(abs(threshold), 1e-12)
@@ -159,6 +176,9 @@ class Calibration:
     n_defective: int = 0
     #: what the thresholds were learned from, in words
     source: str = ""
+    #: short digests of the calibration images' resolved paths (:func:`path_digest`), so that an
+    #: evaluation whose test split holds one of them is refused
+    image_digests: tuple[str, ...] = ()
 
     def normalize(self, score: np.ndarray | float) -> np.ndarray:
         return _logistic(score, self.image_threshold, self.image_scale)
@@ -190,8 +210,11 @@ class Calibration:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise DataError(f"the calibration has unknown fields: {', '.join(unknown)}")
+        digests = raw.get("image_digests", ())
+        if not isinstance(digests, list | tuple) or not all(isinstance(d, str) for d in digests):
+            raise DataError("the calibration's image digests are not a list of strings")
         try:
-            cal = cls(**raw)
+            cal = cls(**{**raw, "image_digests": tuple(digests)})
         except TypeError as exc:
             raise DataError(f"the calibration is incomplete ({exc})") from None
         numbers: list[Any] = [cal.image_threshold, cal.image_scale]
@@ -208,11 +231,24 @@ class Calibration:
     def describe(self) -> str:
         pixel = "" if self.pixel_threshold is None else f", pixel threshold {self.pixel_threshold:.6g}"
         if self.method == "fpr":
-            bound = f"; 95 % upper bound {self.fpr_upper_95:.3g}" if self.fpr_upper_95 is not None else ""
-            how = f"target FPR {self.target_fpr:g} (expected {self.expected_fpr:.3g}{bound})"
+            how = "target FPR " + ("?" if self.target_fpr is None else f"{self.target_fpr:g}")
+            if self.expected_fpr is not None:
+                bound = "" if self.fpr_upper_95 is None else f"; 95 % upper bound {self.fpr_upper_95:.3g}"
+                how += f" (expected {self.expected_fpr:.3g}{bound})"
         else:
             how = f"best F1 {self.image_f1:.3f}" if self.image_f1 is not None else "best F1"
-        return f"image threshold {self.image_threshold:.6g}{pixel}: {how}, from {self.source}"
+        return (
+            f"image threshold {self.image_threshold:.6g}{pixel}: {how}, from {self.source or 'unknown data'}"
+        )
+
+
+def path_digest(path: str | Path) -> str:
+    """16 hex digits of the SHA-256 of a file's resolved path: identifies a calibration image."""
+    import hashlib
+    import os
+
+    resolved = os.fsencode(Path(path).expanduser().resolve())
+    return hashlib.sha256(resolved).hexdigest()[:16]
 
 
 def _logistic(values: np.ndarray | float, threshold: float, scale: float) -> np.ndarray:

@@ -20,11 +20,17 @@ def heatmap_overlay(
 
 #: JPEG quality of overlays: no visible artefact on a heatmap, a fifth of the PNG encoding time
 JPEG_QUALITY = 90
+#: the longest side a JPEG can have (larger overlays are shrunk to it)
+JPEG_MAX_SIDE = 65500
 
 
 def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
     """``png`` or ``jpg`` bytes of an RGB (H, W, 3) or grey (H, W) image (uint8; PNG also uint16)."""
     pixels = np.ascontiguousarray(image[..., ::-1] if image.ndim == 3 else image)
+    if fmt == "jpg" and max(pixels.shape[:2]) > JPEG_MAX_SIDE:  # beyond what JPEG can hold: shrink
+        scale = JPEG_MAX_SIDE / max(pixels.shape[:2])
+        size = (max(1, int(pixels.shape[1] * scale)), max(1, int(pixels.shape[0] * scale)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if fmt == "jpg" else []
     ok, data = cv2.imencode(f".{fmt}", pixels, params)
     if not ok:
@@ -71,7 +77,9 @@ def decision_overlay(
     RGB (H + banner, W + bar, 3)."""
     h, w = image.shape[:2]
     body = heatmap_overlay(image, anomaly_map, vmin, vmax, alpha)
-    unit = max(h, w)
+    # the annotations' scale: the image's size, bounded for extreme aspect ratios (a 2 x 70000 strip
+    # gets small annotations, not a banner 4000 pixels high)
+    unit = max(64, min(max(h, w), 4 * min(h, w)))
     thick = max(1, round(unit / 400))
     if mask is not None and mask.any():
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -100,7 +108,9 @@ def decision_overlay(
     # colour bar: vmax at the top, vmin at the bottom
     top, bottom = banner_h + round(h * 0.06), banner_h + h - round(h * 0.06)
     strip_x0, strip_x1 = w + round(bar_w * 0.12), w + round(bar_w * 0.38)
-    span = max(bottom - top, 2)
+    span = bottom - top
+    if span < 16:  # too flat an image for a readable bar: the banner says the score
+        return canvas
     values = np.linspace(255, 0, span).astype(np.uint8)[:, None]
     colours = cv2.applyColorMap(values, cv2.COLORMAP_JET)[:, 0, ::-1]
     canvas[top : top + span, strip_x0:strip_x1] = colours[:, None, :]

@@ -62,6 +62,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+#: longest image side accepted (JPEG cannot encode an overlay beyond 65,500 pixels)
+MAX_SIDE = 30000
+
+
 class RefusedRequest(StratadError):
     """A request the service refuses, with the HTTP status that says why."""
 
@@ -80,6 +84,8 @@ class Limits:
     max_files: int
     #: pixels of one decoded image (a small PNG can hold a huge image: checked from the header)
     max_pixels: int
+    #: requests scored at the same time; more wait for none and get 503 (each holds its images)
+    max_concurrent: int = 4
 
     @property
     def max_body_bytes(self) -> int:
@@ -196,34 +202,52 @@ class InferenceService:
                     f"{_mb(limits.max_upload_bytes)} per image (serve --max-upload-mb)",
                 )
 
-    def decode(self, upload: Upload) -> np.ndarray:
-        """The upload as uint8 (H, W, 3), read as the same file on disk would be (415 if not an image)."""
+    def check_header(self, upload: Upload) -> None:
+        """From the header alone, before any decoding: an image of an accepted format (415) within
+        the pixel and side limits (413)."""
         from PIL import Image, UnidentifiedImageError
 
-        from stratad.data.io import decode_image_bytes
+        from stratad.data.io import PIL_FORMATS
 
         limit = f"the limit is {self.limits.max_pixels / 1e6:g} megapixels per image"
         try:
-            with Image.open(io.BytesIO(upload.data)) as header:
+            with Image.open(io.BytesIO(upload.data), formats=PIL_FORMATS) as header:
                 width, height = header.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            width = height = 0  # the decoder below says what is wrong
         except Image.DecompressionBombError:  # Pillow's own cap, ~179 megapixels
             raise RefusedRequest(413, f"{upload.name} has too many pixels; {limit}") from None
+        except UnidentifiedImageError:
+            raise RefusedRequest(
+                415,
+                f"cannot read image {upload.name}: not an image of an accepted format "
+                "(PNG, JPEG, BMP, TIFF, WebP)",
+            ) from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise RefusedRequest(415, f"cannot read image {upload.name}: {_one_line(exc)}") from None
         if width * height > self.limits.max_pixels:
             raise RefusedRequest(413, f"{upload.name} is {width} x {height} pixels; {limit}")
+        if max(width, height) > MAX_SIDE:
+            raise RefusedRequest(
+                413, f"{upload.name} is {width} x {height} pixels; the longest side may be {MAX_SIDE}"
+            )
+
+    def decode(self, upload: Upload) -> np.ndarray:
+        """The upload as uint8 (H, W, 3), read as the same file on disk would be (415 if not an image)."""
+        from stratad.data.io import decode_image_bytes
+
+        self.check_header(upload)
         try:
             return decode_image_bytes(upload.data, self.model.config.bit_depth, name=upload.name)
         except ImageReadError as exc:
             raise RefusedRequest(415, str(exc)) from None
 
     def predict(self, uploads: list[Upload], overlay: bool = True) -> list[dict[str, Any]]:
-        """Check, decode, score (one forward at a time) and encode every upload; the results in order."""
+        """Check every upload's size and header first (a bad one refuses the request before any
+        scoring), then decode, score (one forward at a time) and encode them one after another, so
+        a request holds one decoded image at a time; the results in order."""
         self.check(uploads)
-        images = [self.decode(upload) for upload in uploads]  # every upload readable before scoring
-        return [
-            self.predict_one(upload.name, rgb, overlay) for upload, rgb in zip(uploads, images, strict=True)
-        ]
+        for upload in uploads:
+            self.check_header(upload)
+        return [self.predict_one(upload.name, self.decode(upload), overlay) for upload in uploads]
 
     def predict_one(self, name: str, rgb: np.ndarray, overlay: bool = True) -> dict[str, Any]:
         from stratad.decisions import decide_image
@@ -374,12 +398,14 @@ def create_app(
     device: str | None = None,
     max_upload_mb: float = 32,
     max_files: int = 16,
-    max_megapixels: float = 100,
+    max_megapixels: float = 40,
+    max_concurrent: int = 4,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (a ``.stratad`` or ``.onnx`` file), loaded once, here.
 
     ``max_upload_mb``: size of one image file; ``max_files``: images per request;
-    ``max_megapixels``: pixels of one image (read from its header before decoding)."""
+    ``max_megapixels``: pixels of one image (read from its header before decoding);
+    ``max_concurrent``: requests scored at once (one more gets 503 at once: each holds an image)."""
     from stratad import __version__
     from stratad.serve.page import PAGE
 
@@ -393,6 +419,7 @@ def create_app(
         max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
         max_files=max_files,
         max_pixels=max(1, int(max_megapixels * 1e6)),
+        max_concurrent=max(1, int(max_concurrent)),
     )
     service = InferenceService(model, device, limits)
     description = service.description()
@@ -436,10 +463,23 @@ def create_app(
     def model_info() -> dict[str, Any]:
         return description
 
+    busy = threading.BoundedSemaphore(limits.max_concurrent)
+
     @app.post("/predict")
     async def predict(request: Request, overlay: bool = True) -> dict[str, Any]:
         """Score one image or several (multipart field ``files``)."""
         started = time.perf_counter()
+        _same_origin(request)
+        if not busy.acquire(blocking=False):
+            raise RefusedRequest(
+                503, f"busy: {limits.max_concurrent} requests are being scored; retry shortly"
+            )
+        try:
+            return await _predict(request, overlay, started)
+        finally:
+            busy.release()
+
+    async def _predict(request: Request, overlay: bool, started: float) -> dict[str, Any]:
         try:
             form = await request.form(max_files=limits.max_files, max_fields=64)
         except HTTPException as exc:  # a malformed body or too many parts: said in one line
@@ -469,6 +509,18 @@ def create_app(
 
     app.add_middleware(_Guard, max_body_bytes=limits.max_body_bytes)
     return app
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a browser's cross-site POST (a page on another site making this service work): a
+    request with an ``Origin`` header must come from the service's own address. Clients that send
+    no Origin (curl, scripts) are not browsers' cross-site requests and pass."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    host = request.headers.get("host", "")
+    if origin.split("://", 1)[-1].rstrip("/") != host:
+        raise RefusedRequest(403, f"cross-origin request from {_one_line(origin, 120)} refused")
 
 
 def _bind(host: str, port: int) -> socket.socket:

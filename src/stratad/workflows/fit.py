@@ -46,6 +46,28 @@ def parse_calibrate(text: str | None) -> float | Path | None:
     return folder
 
 
+def _check_validation(records: list[Any], split: DatasetSplit, folder: Any) -> None:
+    """A labelled validation folder must hold good and defective images, none of them a training or
+    test image of the dataset (thresholds tuned on the test split would make its rates meaningless)."""
+    labels = {r.label for r in records}
+    if labels != {0, 1}:
+        have = (
+            "no images" if not records else ("only good" if labels == {0} else "only defective") + " images"
+        )
+        raise StratadError(
+            f"--calibrate {folder}: an F1-optimal threshold needs good and defective images, the folder "
+            f"has {have} (good/ and defect folders)"
+        )
+    resolved = {Path(r.path).resolve() for r in records}
+    for name, part in (("training", split.train), ("test", split.test)):
+        shared = [r.path for r in part if Path(r.path).resolve() in resolved]
+        if shared:
+            raise StratadError(
+                f"--calibrate {folder} holds {len(shared)} images of the {name} split of --data "
+                f"(e.g. {shared[0]}); use a validation folder of other images"
+            )
+
+
 def fit_to_file(
     source: DataSource,
     settings: dict[str, Any],
@@ -73,6 +95,10 @@ def fit_to_file(
     if isinstance(target, float) and not 0.0 < holdout < 1.0:
         raise StratadError(f"--calibration-holdout must lie strictly between 0 and 1, got {holdout}")
     split = source.load()
+    if validation is not None:
+        _check_validation(validation, split, target)
+        if not any(r.mask_path for r in validation):
+            reporter.note(f"{target} has no masks: image thresholds only, no pixel threshold")
     pipe = Pipeline(**settings).prepare()
     cfg = pipe.config
     fit_records, held = list(split.train), []

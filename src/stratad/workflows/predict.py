@@ -111,7 +111,8 @@ def _header(model: Path, model_sha256: str, source: Path) -> list[str]:
         "map (the map file at the image's size: 16-bit PNG whose 0..65535 spans map_min..map_max, or "
         "float32 .npy), overlay (heatmap overlay file); with thresholds (fit --calibrate): "
         "normalized_score (0.5 at the image threshold), decision (good / defective: score > threshold), "
-        "defect_area (fraction of the image's pixels over the pixel threshold), mask (binary PNG of them)",
+        "defect_area (fraction of the image's pixels over the pixel threshold; 0 for an image judged good), "
+        "mask (binary PNG of them)",
     ]
 
 
@@ -362,7 +363,7 @@ def _write_overlays(
             score=item.score,
             normalized=item.normalized,
             defective=item.defective,
-            mask=None if pixel_t is None else full > pixel_t,
+            mask=None if pixel_t is None or not item.defective else full > pixel_t,
             pixel_threshold=pixel_t,
         )
         name = names[index]
