@@ -352,6 +352,15 @@ def aupro(masks: ArraySequence, maps: ArraySequence, fpr_limit: float = 0.3) -> 
     return _aupro(_sort_pixel_scores(*truth_and_maps(masks, maps)), limit)
 
 
+def pro_curve_breakpoints(
+    truth: PixelTruth, maps: list[npt.NDArray[np.generic]]
+) -> tuple[FloatArray, FloatArray]:
+    """The PRO curve ``(fprs, pros)`` in increasing FPR, reduced to the points where its slope can
+    change (two per distinct defect score): the curve AU-PRO integrates, small enough to plot.
+    ``truth`` and ``maps`` as :func:`truth_and_maps` returns them."""
+    return _pro_curve_breakpoints(_sort_pixel_scores(truth, maps))
+
+
 def pro_curve(masks: ArraySequence, maps: ArraySequence) -> tuple[FloatArray, FloatArray]:
     """The exact PRO curve ``(fprs, pros)``, one point per distinct score, as the official code returns it.
 

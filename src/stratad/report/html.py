@@ -139,7 +139,7 @@ def pro_points(
     truth), with the official semantics of :mod:`stratad.metrics.pixel`; and the network size the
     curve was computed at when the images hold more than :data:`PRO_MAX_PIXELS` pixels (else None)."""
     from stratad.data.datasets import record_mask
-    from stratad.metrics.pixel import _pro_curve_breakpoints, _sort_pixel_scores, truth_and_maps
+    from stratad.metrics.pixel import pro_curve_breakpoints, truth_and_maps
 
     assert prediction.maps is not None
     total = sum(prediction.original_sizes[i][0] * prediction.original_sizes[i][1] for i in keep)
@@ -152,7 +152,7 @@ def pro_points(
         masks = [record_mask(records[i], prediction.original_sizes[i], size=size) for i in keep]
         maps = [prediction.maps[i] for i in keep]
     truth, checked = truth_and_maps(masks, maps)
-    fprs, pros = _pro_curve_breakpoints(_sort_pixel_scores(truth, checked))
+    fprs, pros = pro_curve_breakpoints(truth, checked)
     return fprs, pros, size
 
 
