@@ -922,7 +922,7 @@ def demo(
     keys = ("image_auroc", "pixel_auroc", "aupro_30", "p_h")
     rows = [(name, *(f"{r[k]:.3f}" for k in keys)) for name, r in by_texture.items()]
     print_table("demo: PatchCore on scikit-image textures", ("texture", *keys), rows)
-    console.print(f"overlays and metrics.json in {out}")
+    console.print(f"overlays, metrics.json and HTML reports (report/<texture>/index.html) in {out}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,8 @@
 For each texture (brick, grass, gravel) a small MVTec-AD-style dataset is written: training crops
 from the upper part of the photo, test crops from the lower part, half of them with a patch of a
 different texture pasted in (exact masks). EfficientNet-Lite0 + PatchCore is fitted and evaluated
-through the same code paths as ``stratad fit`` / ``stratad evaluate``.
+through the same code paths as ``stratad fit`` / ``stratad evaluate``, and each texture's HTML report
+(``report/<texture>/index.html``) is written as ``stratad report`` writes it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def run_demo(
     from stratad.evaluation import evaluate_pipeline
     from stratad.export.io import atomic_write
     from stratad.pipeline import Pipeline
+    from stratad.report.html import render_model_report
     from stratad.report.overlay import heatmap_overlay, write_png
 
     out = Path(out)
@@ -80,6 +82,9 @@ def run_demo(
         with progress_bar(f"{texture}: test", len(split.test), progress) as advance:
             metrics, pred = evaluate_pipeline(pipe, split.test, advance)
         results[texture] = metrics
+        render_model_report(
+            pipe, split.test, pred, metrics, out / "report" / texture, title=f"demo: {texture}"
+        )
         overlay_dir = out / "overlays" / texture
         overlay_dir.mkdir(parents=True, exist_ok=True)
         assert pred.maps is not None
