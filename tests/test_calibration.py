@@ -259,3 +259,27 @@ def test_evaluate_writes_the_report_and_report_refuses_mixed_requests(
         result = stratad("report", *args, "--out", str(tmp_path / "r2"), "--no-progress")
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 1 and len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_an_exported_onnx_model_carries_and_applies_the_thresholds(
+    data: Path, calibrated: Path, tmp_path: Path
+) -> None:
+    onnx = tmp_path / "m.onnx"
+    assert stratad("export", "--model", str(calibrated), "--out", str(onnx)).returncode == 0
+    rows = {}
+    for model in (calibrated, onnx):
+        out = tmp_path / model.suffix.strip(".")
+        result = stratad(
+            "predict", "--model", str(model), str(data / "test" / "spot"), "--out", str(out), "--no-progress"
+        )
+        assert result.returncode == 0, result.stderr
+        with open(out / "scores.csv", encoding="utf-8") as handle:
+            rows[model.suffix] = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    assert (
+        [r["decision"] for r in rows[".onnx"]]
+        == [r["decision"] for r in rows[".stratad"]]
+        == ["defective"] * 6
+    )
+    for a, b in zip(rows[".onnx"], rows[".stratad"], strict=True):
+        assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4)
+        assert float(a["defect_area"]) == pytest.approx(float(b["defect_area"]), abs=0.01)
