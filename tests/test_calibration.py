@@ -144,10 +144,11 @@ def test_a_labelled_folder_gives_f1_optimal_thresholds(data: Path, tmp_path: Pat
     from stratad.metrics.image import f1_max
     from stratad.workflows import fit_to_file
 
+    other = make_mvtec(tmp_path / "other", n_train=1, n_good=6, n_bad=6, seed=7)  # images of its own
     val = tmp_path / "val"
-    shutil.copytree(data / "test" / "good", val / "good")
-    shutil.copytree(data / "test" / "spot", val / "spot")
-    shutil.copytree(data / "ground_truth" / "spot", val / "spot" / "masks")
+    shutil.copytree(other / "test" / "good", val / "good")
+    shutil.copytree(other / "test" / "spot", val / "spot")
+    shutil.copytree(other / "ground_truth" / "spot", val / "spot" / "masks")
     fitted = fit_to_file(DataSource(root=data), SETTINGS, tmp_path / "f1.stratad", calibrate=str(val))
     cal = fitted.pipeline.calibration_
     assert cal is not None and cal.method == "f1" and cal.n_good == 6 and cal.n_defective == 6
@@ -156,7 +157,8 @@ def test_a_labelled_folder_gives_f1_optimal_thresholds(data: Path, tmp_path: Pat
     labels = np.array([0] * 6 + [1] * 6)
     assert cal.image_f1 == pytest.approx(f1_max(labels, scores.image_scores))
     assert cal.pixel_threshold is not None and cal.pixel_f1 is not None and cal.pixel_f1 > 0.5
-    # the stored pixel threshold, applied as every command applies it, gives the stored F1
+    # the stored pixel threshold, applied as every command applies it (pixels over it in images judged
+    # defective), gives the stored F1
     from stratad.data.datasets import record_mask
 
     truth = np.concatenate(
@@ -166,11 +168,24 @@ def test_a_labelled_folder_gives_f1_optimal_thresholds(data: Path, tmp_path: Pat
             for p in sorted(val.glob("spot/*.png"))
         ]
     )
-    flagged = np.concatenate([cal.mask(scores.map_at_original_size(i)).ravel() for i in range(12)])
+    judged = cal.decide(scores.image_scores)
+    flagged = np.concatenate(
+        [(cal.mask(scores.map_at_original_size(i)) & judged[i]).ravel() for i in range(12)]
+    )
     tp = int((flagged & truth).sum())
     assert 2 * tp / (int(flagged.sum()) + int(truth.sum())) == pytest.approx(cal.pixel_f1, abs=1e-12)
-    # a folder of the dataset's own images, or one without defects, is refused before any fitting
-    for folder, needle in ((data / "test", "images of the test split"), (val / "good", "no good/ folder")):
+    # a folder of the dataset's own images (also copied, under other names), or one without
+    # defects, is refused before any fitting
+    copied = tmp_path / "copied"
+    shutil.copytree(data / "test" / "good", copied / "good")
+    for i, image in enumerate(sorted((data / "test" / "spot").glob("*.png"))):
+        (copied / "scratch").mkdir(exist_ok=True)
+        shutil.copy(image, copied / "scratch" / f"renamed_{i}.png")
+    for folder, needle in (
+        (data / "test", "images of the test split"),
+        (copied, "12 images of the test split"),
+        (val / "good", "no good/ folder"),
+    ):
         with pytest.raises(StratadError, match=needle):
             fit_to_file(DataSource(root=data), SETTINGS, tmp_path / "x.stratad", calibrate=str(folder))
     only_good = tmp_path / "only_good"
@@ -179,7 +194,7 @@ def test_a_labelled_folder_gives_f1_optimal_thresholds(data: Path, tmp_path: Pat
         fit_to_file(DataSource(root=data), SETTINGS, tmp_path / "x.stratad", calibrate=str(only_good))
 
 
-def test_evaluating_on_images_that_calibrated_the_thresholds_is_refused(tmp_path: Path) -> None:
+def test_evaluating_on_images_the_model_has_seen_is_refused(tmp_path: Path) -> None:
     from stratad.workflows import evaluate_to_json, fit_to_file
 
     cat = make_mvtec(tmp_path / "src", n_train=40, n_good=0, n_bad=4)
@@ -189,9 +204,17 @@ def test_evaluating_on_images_that_calibrated_the_thresholds_is_refused(tmp_path
     shutil.copytree(cat / "ground_truth" / "spot", plain / "spot" / "masks")
     model = tmp_path / "m.stratad"
     fit_to_file(DataSource(root=plain, seed=0), SETTINGS, model, calibrate="fpr=0.2", holdout=0.25)
+    assert set(Pipeline.load(model).seen_images_) == {"fitted", "calibration"}
     evaluate_to_json(model, DataSource(root=plain, seed=0))  # the fit's own split: fine
-    with pytest.raises(StratadError, match="calibrated this model's thresholds"):
-        evaluate_to_json(model, DataSource(root=plain, seed=1))
+    copy = tmp_path / "copy"
+    shutil.copytree(plain, copy)  # the same images under other paths
+    for root in (plain, copy):
+        with pytest.raises(StratadError, match=r"fitted this model|calibrated this model's thresholds"):
+            evaluate_to_json(model, DataSource(root=root, seed=1))
+    plain_model = tmp_path / "plain.stratad"
+    fit_to_file(DataSource(root=plain, seed=0), SETTINGS, plain_model)  # uncalibrated: fitted images only
+    with pytest.raises(StratadError, match="fitted this model"):
+        evaluate_to_json(plain_model, DataSource(root=copy, seed=1))
 
 
 def test_calibration_survives_save_and_load_and_a_refit_drops_it(calibrated: Path, tmp_path: Path) -> None:

@@ -580,6 +580,13 @@ def print_metrics(result: dict[str, Any]) -> None:
                     value = rates.get(rate)
                     cell = "-" if value is None else f"{value:.4f}"
                     table.add_row(f"{level} {rate.upper()} at threshold {at[level + '_threshold']:.4g}", cell)
+        masks = at.get("pixel", {}).get("masks")
+        if masks:  # what predict / report / serve draw: pixels over it in images judged defective
+            for rate in ("fpr", "tpr"):
+                value = masks.get(rate)
+                table.add_row(
+                    f"mask {rate.upper()} (images judged defective)", "-" if value is None else f"{value:.4f}"
+                )
     results.print(table)
     if result.get("n_excluded_from_pixel_metrics"):
         console.print(

@@ -48,7 +48,7 @@ def evaluate_pipeline(
         raise StratadError("the test set is empty")
     if pipeline.detector.localizes:
         pixel_records(list(records), missing_masks)
-    check_not_calibrated_on(pipeline.calibration_, records)
+    check_unseen(pipeline, records)
     t0 = time.perf_counter()
     prediction = pipeline.predict(records, progress)
     predict_s = time.perf_counter() - t0
@@ -74,20 +74,35 @@ def evaluate_pipeline(
 F1_MAX_PIXELS = 20_000_000
 
 
-def check_not_calibrated_on(calibration: Any, records: Sequence[ImageRecord]) -> None:
-    """Refuse to measure a model on images its thresholds were calibrated on (a held-out training
-    image that another ``--seed`` / ``--train-fraction`` moved into the test split)."""
-    from stratad.metrics.thresholds import path_digest
+def seen_digests(records: Sequence[ImageRecord]) -> tuple[str, ...]:
+    """Sorted content digests of images (:func:`stratad.data.io.content_digest`), as a model file
+    records the images it was fitted and calibrated on."""
+    from stratad.data.io import content_digest
 
-    if calibration is None or not calibration.image_digests:
+    return tuple(sorted({content_digest(r.path) for r in records}))
+
+
+def check_unseen(pipeline: Pipeline, records: Sequence[ImageRecord]) -> None:
+    """Refuse to measure a model on images it has seen: fitted on, or calibrated on (held-out
+    training images, a validation folder), under any name (another ``--seed`` or
+    ``--train-fraction`` than the fit's, a copied dataset). Models without the record pass."""
+    seen = getattr(pipeline, "seen_images_", None) or {}
+    if not seen:
         return
-    used = set(calibration.image_digests)
-    overlap = [r.path for r in records if path_digest(r.path) in used]
-    if overlap:
-        raise StratadError(
-            f"{len(overlap)} test images (e.g. {overlap[0]}) calibrated this model's thresholds; use the "
-            "split the model was fitted with (the same --seed and --train-fraction)"
-        )
+    from stratad.data.io import content_digest
+
+    digests = [content_digest(r.path) for r in records]
+    for role, what in (
+        ("fitted", "fitted this model"),
+        ("calibration", "calibrated this model's thresholds"),
+    ):
+        used = set(seen.get(role, ()))
+        overlap = [r.path for r, d in zip(records, digests, strict=True) if d in used]
+        if overlap:
+            raise StratadError(
+                f"{len(overlap)} test images (e.g. {overlap[0]}) {what}: measure on images it has not "
+                "seen (for a split of the same data, the --seed and --train-fraction of the fit)"
+            )
 
 
 def calibrate_on_good(
@@ -101,7 +116,7 @@ def calibrate_on_good(
     not fitted on (:func:`stratad.metrics.thresholds.quantile_threshold`). The pixel threshold is the
     same quantile of every pixel of their maps at the images' own sizes; pixels of one image are
     correlated, so its confidence is that of the images, not of the pixel count."""
-    from stratad.metrics.thresholds import Calibration, normal_spread, path_digest, quantile_threshold
+    from stratad.metrics.thresholds import Calibration, normal_spread, quantile_threshold
 
     quantile_threshold(np.zeros(len(records)), fpr)  # too few images: refused before any scoring
     prediction = pipeline.predict(list(records), progress)
@@ -122,7 +137,6 @@ def calibrate_on_good(
         fpr_upper_95=image.fpr_upper_95,
         n_good=len(records),
         source=source,
-        image_digests=tuple(sorted(path_digest(r.path) for r in records)),
     )
 
 
@@ -144,7 +158,13 @@ def calibrate_on_labelled(
     image_t, image_f1 = f1_threshold(labels, scores)
     pixel_t = pixel_s = pixel_f1 = None
     if prediction.maps is not None and all(r.mask_path is not None for r in records if r.label):
+        # The masks every command draws hold pixels only in images judged defective (decisions.decide):
+        # the pixels of images judged good are set below every score, so the F1 optimised and
+        # stored is the F1 of those masks.
+        judged = scores > image_t
         maps = [prediction.map_at_original_size(i) for i in range(len(records))]
+        floor = np.finfo(maps[0].dtype).min
+        maps = [m if judged[i] else np.full_like(m, floor) for i, m in enumerate(maps)]
         masks = [record_mask(r, prediction.original_sizes[i]) for i, r in enumerate(records)]
         values = np.concatenate([m.ravel() for m in maps])
         truth = np.concatenate([m.ravel() for m in masks])
@@ -152,7 +172,11 @@ def calibrate_on_labelled(
             step = -(-values.size // F1_MAX_PIXELS)
             values, truth = values[::step], truth[::step]
         pixel_t, pixel_f1 = f1_threshold(truth, values)
-        pixel_s = normal_spread(values[truth == 0], pixel_t)
+        real = values > floor
+        if real.any() and pixel_t < float(values[real].min()):  # "flag every pixel": say so in real units
+            lowest = values[real].min()
+            pixel_t = float(np.nextafter(lowest, lowest.dtype.type(-np.inf)))
+        pixel_s = normal_spread(values[(truth == 0) & real], pixel_t)
     return Calibration(
         method="f1",
         image_threshold=image_t,

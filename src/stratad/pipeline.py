@@ -213,6 +213,9 @@ class Pipeline:
         self.timings_: dict[str, float] = {}
         #: thresholds and normalisation (``fit --calibrate``), saved in the model file; None: scores only
         self.calibration_: Calibration | None = None
+        #: content digests of the images this model has seen, by role (``fitted``, ``calibration``),
+        #: saved in the model file: ``evaluate`` refuses a test set holding one of them
+        self.seen_images_: dict[str, tuple[str, ...]] = {}
 
     # -- backbone and nodes --
     @property
@@ -328,6 +331,7 @@ class Pipeline:
         self._traced = None  # a refit scores with the extractor it was fitted with
         self.fitted_ = True
         self.calibration_ = None  # thresholds of another fit do not hold for this one
+        self.seen_images_ = {}
         return self
 
     def predict(
@@ -471,6 +475,8 @@ class Pipeline:
         meta: dict[str, Any] = {"kind": "pipeline", "config": config}
         if self.calibration_ is not None:
             meta["calibration"] = self.calibration_.to_dict()
+        if getattr(self, "seen_images_", None):
+            meta["seen_images"] = {role: list(d) for role, d in self.seen_images_.items()}
         save_tensors(path, state, meta)
 
     def _trace(self) -> torch.Tensor | None:
@@ -515,6 +521,12 @@ class Pipeline:
                 pipe.calibration_ = Calibration.from_dict(meta["calibration"])
             except StratadError as exc:
                 raise ModelFileError(f"{path} holds an unusable calibration: {exc}") from None
+        seen = meta.get("seen_images", {})
+        if not isinstance(seen, dict) or not all(
+            isinstance(v, list) and all(isinstance(d, str) for d in v) for v in seen.values()
+        ):
+            raise ModelFileError(f"{path} is damaged: its record of seen images is not lists of digests")
+        pipe.seen_images_ = {str(role): tuple(d) for role, d in seen.items()}
         pipe._check_runs(path)
         return pipe
 

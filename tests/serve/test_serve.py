@@ -85,6 +85,7 @@ def post(
     files: list[tuple[str, str, bytes]],
     content_type: str | None = None,
     origin: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """POST multipart/form-data: ``files`` as (field, file name, bytes)."""
     boundary = uuid.uuid4().hex
@@ -98,10 +99,10 @@ def post(
         )
         + f"--{boundary}--\r\n".encode()
     )
-    headers = {"Content-Type": content_type or f"multipart/form-data; boundary={boundary}"}
+    sent = {"Content-Type": content_type or f"multipart/form-data; boundary={boundary}", **(headers or {})}
     if origin is not None:
-        headers["Origin"] = origin
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        sent["Origin"] = origin
+    request = urllib.request.Request(url, data=body, headers=sent, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -255,10 +256,28 @@ def test_refused_formats_origins_and_a_busy_service(fitted: tuple[Path, Path], s
     assert got == 403 and "cross-origin" in one_line_detail(answer)
     own = service.url.split("://", 1)[1].rstrip("/")
     assert post(service.url + "/predict", [("files", "a.png", good)], origin=f"http://{own}")[0] == 200
+    # browsers' own header decides when present; behind a proxy the forwarded host counts; ports
+    # default by scheme
+    url = service.url + "/predict"
+    host = own.split(":")[0]
+    cases = [
+        ({"Sec-Fetch-Site": "cross-site"}, None, 403),
+        ({"Sec-Fetch-Site": "same-origin"}, "http://elsewhere.example", 200),
+        ({"X-Forwarded-Host": "ad.example.com"}, "https://ad.example.com", 200),
+        ({"X-Forwarded-Host": "ad.example.com:8443"}, "https://AD.example.com:8443", 200),
+        ({"Host": f"{host}:80"}, f"http://{host}", 200),
+        ({"X-Forwarded-Host": "ad.example.com"}, "https://evil.example", 403),
+    ]
+    for extra, origin, status in cases:
+        assert post(url, [("files", "a.png", good)], origin=origin, headers=extra)[0] == status, (
+            extra,
+            origin,
+        )
+    # a line-scan image, 2 x 31000: scored, its overlay drawn
     buffer = io.BytesIO()
-    Image.fromarray(np.zeros((2, 31000, 3), np.uint8)).save(buffer, format="PNG")
-    got, answer = post(service.url + "/predict", [("files", "long.png", buffer.getvalue())])
-    assert got == 413 and "longest side" in one_line_detail(answer)
+    Image.fromarray(np.full((2, 31000, 3), 128, np.uint8)).save(buffer, format="PNG")
+    got, answer = post(url, [("files", "long.png", buffer.getvalue())])
+    assert got == 200 and answer["results"][0]["width"] == 31000 and answer["results"][0]["overlay_jpg"]
     model, _ = fitted
     app = create_app(model, max_concurrent=1)
     gate, entered = threading.Event(), threading.Event()
@@ -271,6 +290,20 @@ def test_refused_formats_origins_and_a_busy_service(fitted: tuple[Path, Path], s
 
     app.state.service.model.score_image = slow
     with BackgroundServer(app) as server:
+        # a client stuck halfway through its upload holds no scoring slot
+        import socket
+
+        address = server.url.split("://", 1)[1].rstrip("/")
+        stuck = socket.create_connection((address.rsplit(":", 1)[0], int(address.rsplit(":", 1)[1])))
+        stuck.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: " + address.encode() + b"\r\n"
+            b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n--xyz\r\n"
+        )
+        time.sleep(0.2)
+        app.state.service.model.score_image = original
+        assert post(server.url + "/predict", [("files", "a.png", good)])[0] == 200
+        app.state.service.model.score_image = slow
+        stuck.close()
         first: list[tuple[int, Any]] = []
         thread = threading.Thread(
             target=lambda: first.append(post(server.url + "/predict", [("files", "a.png", good)]))

@@ -296,3 +296,18 @@ def decode_image_bytes(data: bytes, bit_depth: int | None = None, name: str = "u
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+def content_digest(path: str | Path) -> str:
+    """16 hex digits of the SHA-256 of a file's bytes: the same image under any name or folder (a
+    copied dataset) has the same digest. A model file records those of the images it has seen."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()[:16]

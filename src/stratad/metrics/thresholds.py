@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -176,9 +175,6 @@ class Calibration:
     n_defective: int = 0
     #: what the thresholds were learned from, in words
     source: str = ""
-    #: short digests of the calibration images' resolved paths (:func:`path_digest`), so that an
-    #: evaluation whose test split holds one of them is refused
-    image_digests: tuple[str, ...] = ()
 
     def normalize(self, score: np.ndarray | float) -> np.ndarray:
         return _logistic(score, self.image_threshold, self.image_scale)
@@ -210,11 +206,8 @@ class Calibration:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise DataError(f"the calibration has unknown fields: {', '.join(unknown)}")
-        digests = raw.get("image_digests", ())
-        if not isinstance(digests, list | tuple) or not all(isinstance(d, str) for d in digests):
-            raise DataError("the calibration's image digests are not a list of strings")
         try:
-            cal = cls(**{**raw, "image_digests": tuple(digests)})
+            cal = cls(**raw)
         except TypeError as exc:
             raise DataError(f"the calibration is incomplete ({exc})") from None
         numbers: list[Any] = [cal.image_threshold, cal.image_scale]
@@ -240,15 +233,6 @@ class Calibration:
         return (
             f"image threshold {self.image_threshold:.6g}{pixel}: {how}, from {self.source or 'unknown data'}"
         )
-
-
-def path_digest(path: str | Path) -> str:
-    """16 hex digits of the SHA-256 of a file's resolved path: identifies a calibration image."""
-    import hashlib
-    import os
-
-    resolved = os.fsencode(Path(path).expanduser().resolve())
-    return hashlib.sha256(resolved).hexdigest()[:16]
 
 
 def _logistic(values: np.ndarray | float, threshold: float, scale: float) -> np.ndarray:

@@ -329,6 +329,11 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("pixel threshold", _fmt(at["pixel_threshold"], ".6g")))
             rows.append(("  FPR at it (defect-free pixels)", _rate(at.get("pixel"), "fpr", "n_good")))
             rows.append(("  TPR at it (defect pixels)", _rate(at.get("pixel"), "tpr", "n_defective")))
+            masks = (at.get("pixel") or {}).get("masks")
+            if masks:  # the panels' masks: pixels over the threshold in images judged defective only
+                counts = {**masks, "n_good": at["pixel"]["n_good"], "n_defective": at["pixel"]["n_defective"]}
+                rows.append(("  FPR of the drawn masks", _rate(counts, "fpr", "n_good")))
+                rows.append(("  TPR of the drawn masks", _rate(counts, "tpr", "n_defective")))
     if "n_test_images" in metrics:
         rows.append(
             ("test images", f"{metrics['n_test_images']} ({metrics.get('n_defective', '?')} defective)")

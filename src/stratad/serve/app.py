@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -60,10 +61,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-#: longest image side accepted (JPEG cannot encode an overlay beyond 65,500 pixels)
-MAX_SIDE = 30000
 
 
 class RefusedRequest(StratadError):
@@ -225,10 +222,6 @@ class InferenceService:
             raise RefusedRequest(415, f"cannot read image {upload.name}: {_one_line(exc)}") from None
         if width * height > self.limits.max_pixels:
             raise RefusedRequest(413, f"{upload.name} is {width} x {height} pixels; {limit}")
-        if max(width, height) > MAX_SIDE:
-            raise RefusedRequest(
-                413, f"{upload.name} is {width} x {height} pixels; the longest side may be {MAX_SIDE}"
-            )
 
     def decode(self, upload: Upload) -> np.ndarray:
         """The upload as uint8 (H, W, 3), read as the same file on disk would be (415 if not an image)."""
@@ -467,19 +460,10 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request, overlay: bool = True) -> dict[str, Any]:
-        """Score one image or several (multipart field ``files``)."""
+        """Score one image or several (multipart field ``files``). The body is read (files over 1 MB
+        spooled to disk by Starlette) before a request is refused as cross-site or busy, so that
+        the client reads the answer instead of a reset, and a slow upload holds no scoring slot."""
         started = time.perf_counter()
-        _same_origin(request)
-        if not busy.acquire(blocking=False):
-            raise RefusedRequest(
-                503, f"busy: {limits.max_concurrent} requests are being scored; retry shortly"
-            )
-        try:
-            return await _predict(request, overlay, started)
-        finally:
-            busy.release()
-
-    async def _predict(request: Request, overlay: bool, started: float) -> dict[str, Any]:
         try:
             form = await request.form(max_files=limits.max_files, max_fields=64)
         except HTTPException as exc:  # a malformed body or too many parts: said in one line
@@ -488,23 +472,32 @@ def create_app(
                     413, f"more than {limits.max_files} files in one request; send at most {limits.max_files}"
                 ) from None
             raise RefusedRequest(400, f"bad upload: {_one_line(exc.detail)}") from None
-        uploads: list[Upload] = []
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not form and kind != "multipart/form-data":
-            raise RefusedRequest(
-                400,
-                f"send the images as multipart/form-data in field 'files' (got {kind or 'no content type'})",
-            )
         try:
-            for field in UPLOAD_FIELDS:
-                for item in form.getlist(field):
-                    if not isinstance(item, UploadFile):
-                        raise RefusedRequest(400, f"field {field!r} must be a file, not text")
-                    name = _display_name(item.filename, len(uploads))
-                    uploads.append(Upload(name, await item.read()))
+            _same_origin(request)
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if not form and kind != "multipart/form-data":
+                raise RefusedRequest(
+                    400,
+                    "send the images as multipart/form-data in field 'files' "
+                    f"(got {kind or 'no content type'})",
+                )
+            if not busy.acquire(blocking=False):
+                raise RefusedRequest(
+                    503, f"busy: {limits.max_concurrent} requests are being scored; retry shortly"
+                )
+            try:
+                uploads: list[Upload] = []
+                for field in UPLOAD_FIELDS:
+                    for item in form.getlist(field):
+                        if not isinstance(item, UploadFile):
+                            raise RefusedRequest(400, f"field {field!r} must be a file, not text")
+                        name = _display_name(item.filename, len(uploads))
+                        uploads.append(Upload(name, await item.read()))
+                results = await run_in_threadpool(service.predict, uploads, overlay)
+            finally:
+                busy.release()
         finally:
             await form.close()
-        results = await run_in_threadpool(service.predict, uploads, overlay)
         return {"model": service.path.name, "results": results, "seconds": time.perf_counter() - started}
 
     app.add_middleware(_Guard, max_body_bytes=limits.max_body_bytes)
@@ -512,15 +505,42 @@ def create_app(
 
 
 def _same_origin(request: Request) -> None:
-    """Refuse a browser's cross-site POST (a page on another site making this service work): a
-    request with an ``Origin`` header must come from the service's own address. Clients that send
-    no Origin (curl, scripts) are not browsers' cross-site requests and pass."""
+    """Refuse a browser's cross-site POST (a page on another site making this service work).
+
+    Browsers send ``Sec-Fetch-Site``, which a page cannot forge: ``same-origin`` (this service's own
+    page) and ``none`` (typed by the user) pass, anything else is refused. Without it, an ``Origin``
+    header must name the host the request was sent to (``X-Forwarded-Host`` behind a proxy, else
+    ``Host``; scheme default ports filled in, case ignored). Clients that send neither (curl,
+    scripts) are not a browser's cross-site request and pass."""
+    site = request.headers.get("sec-fetch-site")
     origin = request.headers.get("origin")
+    if site is not None:
+        if site.lower() in ("same-origin", "none"):
+            return
+        raise RefusedRequest(403, f"cross-site request ({_one_line(site, 40)}) refused")
     if origin is None:
         return
-    host = request.headers.get("host", "")
-    if origin.split("://", 1)[-1].rstrip("/") != host:
-        raise RefusedRequest(403, f"cross-origin request from {_one_line(origin, 120)} refused")
+    parts = urlsplit(origin)
+    scheme = (parts.scheme or "http").lower()
+    wanted = _host_port(
+        f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or "", scheme
+    )
+    for header in ("x-forwarded-host", "host"):
+        value = request.headers.get(header)
+        if value and _host_port(value.split(",")[0].strip(), scheme) == wanted:
+            return
+    raise RefusedRequest(403, f"cross-origin request from {_one_line(origin, 120)} refused")
+
+
+def _host_port(host: str, scheme: str) -> tuple[str, int]:
+    """(host, port) of a Host header value or an origin's netloc, the scheme's port by default."""
+    default = 443 if scheme == "https" else 80
+    parsed = urlsplit(f"//{host}")
+    try:
+        port = parsed.port or default
+    except ValueError:
+        port = -1
+    return (parsed.hostname or "").lower(), port
 
 
 def _bind(host: str, port: int) -> socket.socket:

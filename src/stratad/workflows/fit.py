@@ -48,7 +48,8 @@ def parse_calibrate(text: str | None) -> float | Path | None:
 
 def _check_validation(records: list[Any], split: DatasetSplit, folder: Any) -> None:
     """A labelled validation folder must hold good and defective images, none of them a training or
-    test image of the dataset (thresholds tuned on the test split would make its rates meaningless)."""
+    test image of the dataset under any name (thresholds tuned on the test split would make its
+    rates meaningless)."""
     labels = {r.label for r in records}
     if labels != {0, 1}:
         have = (
@@ -58,9 +59,11 @@ def _check_validation(records: list[Any], split: DatasetSplit, folder: Any) -> N
             f"--calibrate {folder}: an F1-optimal threshold needs good and defective images, the folder "
             f"has {have} (good/ and defect folders)"
         )
-    resolved = {Path(r.path).resolve() for r in records}
+    from stratad.data.io import content_digest
+
+    validation = {content_digest(r.path) for r in records}
     for name, part in (("training", split.train), ("test", split.test)):
-        shared = [r.path for r in part if Path(r.path).resolve() in resolved]
+        shared = [r.path for r in part if content_digest(r.path) in validation]
         if shared:
             raise StratadError(
                 f"--calibrate {folder} holds {len(shared)} images of the {name} split of --data "
@@ -130,6 +133,9 @@ def fit_to_file(
     else:
         pipe.fit_features(train)
     del train
+    from stratad.evaluation import seen_digests
+
+    pipe.seen_images_ = {"fitted": seen_digests(fit_records)}
     if isinstance(target, float):
         from stratad.evaluation import calibrate_on_good
 
@@ -144,5 +150,7 @@ def fit_to_file(
             pipe.calibration_ = calibrate_on_labelled(
                 pipe, validation, f"the labelled folder {target} ({len(validation)} images)", advance
             )
+    if held or validation:
+        pipe.seen_images_["calibration"] = seen_digests(held or validation or [])
     pipe.save(out)
     return FitResult(pipe, split, out, len(fit_records))
