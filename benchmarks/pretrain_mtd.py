@@ -42,6 +42,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--methods", default="pixpro,ds2")
     parser.add_argument("--gde-train", type=int, default=115)
+    parser.add_argument("--lr", type=float, default=0.05, help="the pretraining's starting learning rate")
+    parser.add_argument(
+        "--no-imagenet", action="store_true", help="skip the ImageNet rows (measured in an earlier run)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain_mtd.json")
     args = parser.parse_args()
     if not (MTD / "MT_Free").is_dir():
@@ -50,14 +54,23 @@ def main() -> None:
     payload: dict[str, Any] = {
         "benchmark": "pretrain_mtd",
         "epochs": args.epochs,
+        "lr": args.lr,
         "pretraining": {},
         "evaluation": {},
     }
-    weights = {"imagenet": "imagenet"}
+    weights = {} if args.no_imagenet else {"imagenet": "imagenet"}
     for method in args.methods.split(","):
-        out = args.work / f"{method}.safetensors"
+        out = args.work / (
+            f"{method}.safetensors" if args.lr == 0.05 else f"{method}_lr{args.lr:g}.safetensors"
+        )
         if not out.is_file():  # (a finished file is reused: its log is in its metadata)
-            params = {"method": method, "epochs": str(args.epochs), "image_size": "224", "batch_size": "16"}
+            params = {
+                "method": method,
+                "epochs": str(args.epochs),
+                "image_size": "224",
+                "batch_size": "16",
+                "lr": str(args.lr),
+            }
             pretrain_to_file(MTD, out, params=params)
         from safetensors import safe_open
 
