@@ -273,6 +273,34 @@ def test_evaluate_writes_the_report_and_report_refuses_mixed_requests(
     assert ev.returncode == 0, ev.stderr
     page = (report / "index.html").read_text(encoding="utf-8")
     assert "image threshold" in page and len(list((report / "panels").glob("*_overlay.jpg"))) == 12
+    # the same report again is fine; another model's report in that folder is refused, untouched
+    again = stratad(
+        "report", "--model", str(calibrated), "--data", str(data), "--out", str(report), "--no-progress"
+    )
+    assert again.returncode == 0, again.stderr
+    from stratad.workflows import fit_to_file
+
+    other = tmp_path / "other.stratad"
+    fit_to_file(DataSource(root=data), SETTINGS, other)  # another model: uncalibrated
+    before = (report / "index.html").read_bytes()
+    refused = stratad(
+        "report", "--model", str(other), "--data", str(data), "--out", str(report), "--no-progress"
+    )
+    assert refused.returncode == 1 and "holds the report of another model or data" in refused.stderr
+    moved = stratad(
+        "report",
+        "--model",
+        str(calibrated),
+        "--data",
+        str(data),
+        "--seed",
+        "3",
+        "--out",
+        str(report),
+        "--no-progress",
+    )
+    assert moved.returncode == 1 and "another model or data" in moved.stderr
+    assert (report / "index.html").read_bytes() == before
     for args, needle in (
         (["--model", str(calibrated)], "--model needs --data"),
         (["--model", str(calibrated), "--sweep", str(tmp_path)], "either --model (with --data) or --sweep"),

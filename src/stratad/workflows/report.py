@@ -23,36 +23,23 @@ def report_to_folder(
     """Score the test split of ``source`` with the saved pipeline ``model``, compute the metrics
     ``evaluate`` computes, and write ``out/index.html`` with its panel images (``out/panels/``);
     return the page's path. The output folder, the page size, the model file and the dataset are
-    checked before any image is scored."""
-    from stratad.evaluation import evaluate_pipeline
-    from stratad.export.io import check_output_folder
-    from stratad.pipeline import Pipeline
-    from stratad.report.html import check_page_size, render_model_report
+    checked before any image is scored; a folder holding the report of another model or data is
+    refused. The same as ``evaluate --report`` (:func:`stratad.workflows.evaluate_to_json`)."""
+    from stratad.workflows.study import evaluate_to_json
 
-    reporter = reporter or Reporter()
-    check_page_size(page_size)
     if missing_masks not in {m.value for m in MissingMasks}:
         raise StratadError(f"--missing-masks takes error or exclude, got {missing_masks!r}")
-    folder = check_output_folder(out)
-    split = source.load()
-    if not split.test:
-        raise StratadError(f"{source.root} has no test images to report on")
-    pipe = Pipeline.load(model, device=device)
-    with reporter.bar("scoring", len(split.test)) as advance:
-        metrics, prediction = evaluate_pipeline(pipe, split.test, advance, missing_masks=missing_masks)
-    metrics["dataset"] = split.name
-    with reporter.bar("drawing panels", len(split.test)) as advance:
-        index = render_model_report(
-            pipe,
-            split.test,
-            prediction,
-            metrics,
-            folder,
-            title=f"{split.name}: {Path(model).name}",
-            page_size=page_size,
-            progress=advance,
-        )
-    reporter.note(f"report written to {index}")
+    evaluate_to_json(
+        model,
+        source,
+        missing_masks=missing_masks,
+        device=device,
+        reporter=reporter,
+        report_dir=out,
+        page_size=page_size,
+    )
+    index = Path(out) / "index.html"
+    (reporter or Reporter()).note(f"report written to {index}")
     return index
 
 

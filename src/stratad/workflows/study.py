@@ -235,6 +235,43 @@ def sweep_to_folder(
     return SweepRun(result, out, len(split.train), n_missing_masks=n_missing)
 
 
+#: the file in a report folder saying which model and data it reports
+REPORT_STAMP = "report.json"
+
+
+def _report_stamp(model: str | Path, source: DataSource) -> dict[str, Any]:
+    from stratad.workflows.predict import file_sha256
+
+    path = Path(model)
+    if not path.is_file():
+        raise StratadError(f"model file not found: {path}")
+    return {
+        "model_sha256": file_sha256(path),
+        "data": str(Path(source.root).expanduser().resolve()),
+        "dataset": str(getattr(source.kind, "value", source.kind)),
+        "category": source.category,
+        "seed": source.seed,
+        "train_fraction": source.train_fraction,
+    }
+
+
+def _check_report_folder(folder: Path, stamp: dict[str, Any]) -> None:
+    """A folder that holds the report of another model or data is refused (a rewrite of the same
+    report is fine)."""
+    previous = folder / REPORT_STAMP
+    if not previous.is_file():
+        return
+    try:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if old != stamp:
+        raise StratadError(
+            f"{folder} holds the report of another model or data ({previous}); use another --out folder "
+            "or delete it"
+        )
+
+
 def evaluate_to_json(
     model: str | Path,
     source: DataSource,
@@ -244,9 +281,11 @@ def evaluate_to_json(
     device: str | None = None,
     reporter: Reporter | None = None,
     report_dir: str | Path | None = None,
+    page_size: int = 48,
 ) -> dict[str, Any]:
     """The official metrics of a saved model on the test split of ``source`` (and a JSON file, and
-    with ``report_dir`` the HTML report of :mod:`stratad.report.html`)."""
+    with ``report_dir`` the HTML report of :mod:`stratad.report.html`, ``page_size`` panels per
+    page). A report folder holding the report of another model or data is refused before scoring."""
     from stratad.evaluation import evaluate_pipeline
     from stratad.export.io import atomic_write, check_output_file, check_output_folder
     from stratad.pipeline import Pipeline
@@ -254,8 +293,13 @@ def evaluate_to_json(
     reporter = reporter or Reporter()
     if json_out is not None:
         check_output_file(Path(json_out), "metrics.json")
+    stamp: dict[str, Any] = {}
     if report_dir is not None:
-        check_output_folder(Path(report_dir))
+        from stratad.report.html import check_page_size
+
+        check_page_size(page_size)
+        stamp = _report_stamp(model, source)
+        _check_report_folder(check_output_folder(Path(report_dir)), stamp)
     split = source.load()
     if not split.test:
         raise StratadError(f"{source.root} has no test images")
@@ -271,8 +315,17 @@ def evaluate_to_json(
 
         with reporter.bar("report panels", len(split.test)) as advance:
             render_model_report(
-                pipe, split.test, prediction, result, Path(report_dir), title=split.name, progress=advance
+                pipe,
+                split.test,
+                prediction,
+                result,
+                Path(report_dir),
+                title=f"{split.name}: {Path(model).name}",
+                page_size=page_size,
+                progress=advance,
             )
+        text = json.dumps(stamp, indent=2)
+        atomic_write(Path(report_dir) / REPORT_STAMP, lambda tmp: Path(tmp).write_text(text))
     return result
 
 
